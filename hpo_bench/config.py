@@ -1,0 +1,371 @@
+"""Experiment specs: dataclasses, TOML loading, validation and dotted overrides.
+
+A spec is a TOML file (see ``experiments/``) with five parts::
+
+    name = "quick"          # names the output directory
+    seeds = [0, 1]          # every method runs once per seed
+    [data]   ...            # DataConfig
+    [model]  ...            # ModelConfig
+    [train]  ...            # TrainConfig (the common trainer's conventions)
+    [vary]   "data.label_noise" = [0.2, 0.4]   # optional: one setting per value (cartesian product)
+    [[methods]]             # MethodConfig, one table per compared method
+    label = "SAM"; strategy = "sam"; rho = 0.05
+    [methods.params]  ...   # strategy-specific hyperparameters (validated by the strategy)
+    [methods.search]  ...   # optional SearchConfig: grid/TPE/ASHA over rho through an engine
+
+Every error raised while loading is a :class:`SpecError` whose message is one line
+naming the dotted field and what is allowed. Nothing is written before a spec validates.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class SpecError(ValueError):
+    """A spec, flag or override is invalid. ``str(err)`` is one line: ``field: problem; allowed: ...``."""
+
+
+def spec_field(default, *, choices=None, lo=None, hi=None, lo_open=False, hi_open=False, doc=""):
+    """A dataclass field with validation metadata (choices, closed/open bounds)."""
+    meta = dict(choices=choices, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, doc=doc)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = spec_field("mnist1d", choices=["mnist1d", "cifar10", "cifar100"])
+    data_root: str = spec_field(".cache/data", doc="directory of the MNIST-1D cache / CIFAR batches")
+    num_samples: int = spec_field(5000, lo=100, doc="MNIST-1D samples in total (80% train, 20% test)")
+    data_seed: int = spec_field(42, lo=0, doc="MNIST-1D generation seed")
+    val_fraction: float = spec_field(0.1, lo=0.0, hi=1.0, hi_open=True)
+    split_seed: int = spec_field(0, lo=0)
+    label_noise: float = spec_field(0.0, lo=0.0, hi=1.0, hi_open=True)
+    noise_seed: int = spec_field(0, lo=0)
+    download: bool = spec_field(False)
+    augment: bool = spec_field(True, doc="CIFAR random crop + flip (ignored for MNIST-1D)")
+    verify_md5: bool = spec_field(True, doc="torchvision's CIFAR MD5 check")
+
+
+@dataclass
+class ModelConfig:
+    name: str = spec_field("mnist1d_cnn")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = spec_field(30, lo=1)
+    batch_size: int = spec_field(100, lo=1)
+    lr: float = spec_field(0.1, lo=0.0, lo_open=True)
+    momentum: float = spec_field(0.9, lo=0.0, hi=1.0, hi_open=True)
+    weight_decay: float = spec_field(5e-4, lo=0.0)
+    schedule: str = spec_field("cosine", choices=["cosine", "constant"])
+    eval_every: int = spec_field(1, lo=1, doc="evaluate train/val/test every N epochs")
+    eval_batch_size: int = spec_field(1000, lo=1)
+    trace_every: int = spec_field(1, lo=1, doc="record per-step strategy traces every N steps")
+    device: str = spec_field("auto", choices=["auto", "cpu", "cuda"])
+    amp: bool = spec_field(True, doc="bf16 autocast + channels_last on CUDA (never on CPU)")
+    threads: int = spec_field(0, lo=0, doc="torch CPU threads for a run (0 = leave as is)")
+    max_wall_s: float = spec_field(0.0, lo=0.0, doc="per-run wall-time budget in s (0 = none) -> status 'timeout'")
+    max_mem_mb: float = spec_field(0.0, lo=0.0, doc="per-run CUDA memory budget in MiB (0 = none) -> status 'oom'")
+
+
+@dataclass
+class SearchConfig:
+    kind: str = spec_field("grid", choices=["grid", "tpe", "asha"])
+    engine: str = spec_field("local", choices=["local", "optuna", "ray"])
+    grid: list = spec_field([], doc="rho values for kind='grid' / 'asha'")
+    rho_min: float = spec_field(1e-3, lo=0.0, lo_open=True, doc="TPE log-uniform lower bound")
+    rho_max: float = spec_field(2.0, lo=0.0, lo_open=True, doc="TPE log-uniform upper bound")
+    n_trials: int = spec_field(8, lo=1, doc="TPE trial budget (rho points; each runs every seed)")
+    sampler_seed: int = spec_field(0, lo=0)
+    storage: str = spec_field("", doc="Optuna storage: '' = journal file in the run dir, or an RDB URL")
+    workers: int = spec_field(1, lo=1, doc="concurrent trials (optuna: processes; ray: max_concurrent_trials)")
+    cpus_per_trial: float = spec_field(1.0, lo=0.0, lo_open=True)
+    gpus_per_trial: float = spec_field(0.0, lo=0.0)
+    address: str = spec_field("", doc="Ray cluster address ('' = start a local Ray, 'auto' = join)")
+    asha_grace: int = spec_field(1, lo=1, doc="ASHA grace period in epochs")
+    asha_reduction: float = spec_field(2.0, lo=1.0, lo_open=True)
+    batched: bool = spec_field(False, doc="train every grid point of a seed in one vectorized pass")
+
+
+@dataclass
+class MethodConfig:
+    label: str = spec_field("")
+    strategy: str = spec_field("sam")
+    rho: Any = spec_field(0.05, doc="perturbation radius, or initial radius rho_0; a list runs one per value")
+    params: dict = spec_field({})
+    search: dict | None = spec_field(None)
+
+
+@dataclass
+class ExperimentSpec:
+    name: str = spec_field("experiment")
+    description: str = spec_field("")
+    seeds: list = spec_field([0])
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    vary: dict = spec_field({})
+    methods: list = spec_field([])
+    report: bool = spec_field(True, doc="write report.md at the end of `hpo-bench run`")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Short content hash of the resolved spec; names the output directory."""
+        return stable_hash(self.to_dict())[:8]
+
+
+# ----------------------------------------------------------------------------- validation
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_number(path: str, value, tp):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if tp is int and not (isinstance(value, int) or float(value).is_integer()):
+        raise SpecError(f"{path}: expected an integer, got {value!r}")
+    if not math.isfinite(value):
+        raise SpecError(f"{path}: expected a finite number, got {value!r}")
+    return int(value) if tp is int else float(value)
+
+
+def check_value(path: str, value, tp, meta: dict):
+    """Coerce and validate one scalar field against its type and metadata; raise SpecError."""
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise SpecError(f"{path}: expected true or false, got {value!r}")
+    elif tp in (int, float):
+        value = _check_number(path, value, tp)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise SpecError(f"{path}: expected a string, got {value!r}")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise SpecError(f"{path}: {value!r} is not allowed; allowed: {', '.join(map(str, choices))}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
+        op = ">" if meta.get("lo_open") else ">="
+        raise SpecError(f"{path}: {value!r} is out of range; allowed: {op} {lo}" + (f" and {'<' if meta.get('hi_open') else '<='} {hi}" if hi is not None else ""))
+    if hi is not None and (value > hi or (meta.get("hi_open") and value == hi)):
+        op = "<" if meta.get("hi_open") else "<="
+        raise SpecError(f"{path}: {value!r} is out of range; allowed: {op} {hi}" + (f" and >= {lo}" if lo is not None else ""))
+    return value
+
+
+def build_dataclass(cls, raw: dict, path: str):
+    """Build dataclass ``cls`` from ``raw``: unknown keys, wrong types and out-of-range values raise SpecError."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path or cls.__name__}: expected a table, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            where = f"{path}.{key}" if path else key
+            raise SpecError(f"{where}: unknown key; allowed: {', '.join(names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        tp, value, where = hints[f.name], raw[f.name], (f"{path}.{f.name}" if path else f.name)
+        if tp in (bool, int, float, str):
+            kwargs[f.name] = check_value(where, value, tp, f.metadata)
+        else:
+            kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _validate_rho(where: str, rho) -> list[float]:
+    values = rho if isinstance(rho, list) else [rho]
+    if not values:
+        raise SpecError(f"{where}: empty list; allowed: a positive number or a non-empty list of them")
+    out = [check_value(where, v, float, dict(lo=0.0, lo_open=True)) for v in values]
+    if len(set(out)) != len(out):
+        raise SpecError(f"{where}: duplicate values {out}; allowed: distinct positive numbers")
+    return out
+
+
+def validate_search(raw: dict, where: str) -> SearchConfig:
+    from hpo_bench.storage_url import validate_storage_url  # local import: keeps config import-light
+
+    search = build_dataclass(SearchConfig, raw, where)
+    if search.kind in ("grid", "asha"):
+        search.grid = _validate_rho(f"{where}.grid", search.grid)
+    if search.kind == "tpe":
+        if search.engine == "local":
+            raise SpecError(f"{where}.engine: 'local' cannot run kind 'tpe'; allowed: optuna, ray")
+        if search.rho_min >= search.rho_max:
+            raise SpecError(f"{where}.rho_min: {search.rho_min} must be < rho_max {search.rho_max}")
+    if search.kind == "asha" and search.engine != "ray":
+        raise SpecError(f"{where}.engine: kind 'asha' needs engine 'ray'; allowed: ray")
+    if search.batched and (search.kind != "grid" or search.engine != "local"):
+        raise SpecError(f"{where}.batched: only for kind 'grid' with engine 'local'; allowed: false")
+    if search.storage:
+        validate_storage_url(search.storage, f"{where}.storage")
+    return search
+
+
+def validate_spec(raw: dict) -> ExperimentSpec:
+    """Turn a parsed TOML dict into a validated :class:`ExperimentSpec` (raises SpecError)."""
+    from searchers import get_strategy_class, list_strategies
+    from hpo_bench.models import list_models
+
+    raw = copy.deepcopy(raw)
+    top = {k: v for k, v in raw.items() if k not in _SECTIONS}
+    spec = build_dataclass(ExperimentSpec, top, "")
+    for name, cls in _SECTIONS.items():
+        setattr(spec, name, build_dataclass(cls, raw.get(name, {}), name))
+    if spec.model.name not in list_models():
+        raise SpecError(f"model.name: unknown model {spec.model.name!r}; allowed: {', '.join(list_models())}")
+    if spec.train.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SpecError("train.device: 'cuda' requested but no CUDA GPU is available; allowed: auto, cpu")
+    if not isinstance(spec.seeds, list) or not spec.seeds:
+        raise SpecError("seeds: expected a non-empty list of non-negative integers")
+    for i, s in enumerate(spec.seeds):
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise SpecError(f"seeds[{i}]: {s!r} is not allowed; allowed: non-negative integers")
+    if len(set(spec.seeds)) != len(spec.seeds):
+        raise SpecError(f"seeds: duplicate values {spec.seeds}; allowed: distinct integers")
+    _validate_vary(spec)
+    if not isinstance(spec.methods, list) or not spec.methods:
+        raise SpecError("methods: expected at least one [[methods]] table")
+    methods, labels = [], set()
+    for i, m in enumerate(spec.methods):
+        where = f"methods[{i}]"
+        mc = build_dataclass(MethodConfig, m, where)
+        if mc.strategy not in list_strategies():
+            raise SpecError(f"{where}.strategy: unknown strategy {mc.strategy!r}; allowed: {', '.join(list_strategies())}")
+        mc.label = mc.label or mc.strategy
+        if mc.label in labels:
+            raise SpecError(f"{where}.label: duplicate label {mc.label!r}; allowed: a label unique within the spec")
+        labels.add(mc.label)
+        rhos = _validate_rho(f"{where}.rho", mc.rho)
+        mc.rho = rhos if isinstance(mc.rho, list) else rhos[0]
+        cls = get_strategy_class(mc.strategy)
+        mc.params = dataclasses.asdict(build_dataclass(cls.Params, mc.params, f"{where}.params"))
+        cls.validate_params(cls.Params(**mc.params), f"{where}.params")
+        if mc.search is not None:
+            search = validate_search(mc.search, f"{where}.search")
+            if isinstance(mc.rho, list):
+                raise SpecError(f"{where}.rho: a list of rho values cannot be combined with a search; allowed: one number")
+            mc.search = dataclasses.asdict(search)
+        methods.append(mc)
+    spec.methods = methods
+    return spec
+
+
+def _validate_vary(spec: ExperimentSpec):
+    if not isinstance(spec.vary, dict):
+        raise SpecError("vary: expected a table of dotted field -> list of values")
+    for key, values in spec.vary.items():
+        section, _, name = key.partition(".")
+        if section not in _SECTIONS or name not in {f.name for f in dataclasses.fields(_SECTIONS[section])}:
+            raise SpecError(f"vary.{key}: unknown field; allowed: data.*, model.*, train.* fields")
+        if not isinstance(values, list) or not values:
+            raise SpecError(f"vary.{key}: expected a non-empty list of values")
+        for v in values:  # each value must be valid for the field
+            build_dataclass(_SECTIONS[section], {name: v}, section)
+
+
+def settings(spec: ExperimentSpec) -> list[tuple[dict, ExperimentSpec]]:
+    """Expand ``spec.vary`` into (varied values, resolved spec) pairs; one pair when nothing varies."""
+    if not spec.vary:
+        return [({}, spec)]
+    keys = list(spec.vary)
+    out = []
+    for combo in itertools.product(*(spec.vary[k] for k in keys)):
+        s = copy.deepcopy(spec)
+        for key, value in zip(keys, combo):
+            section, _, name = key.partition(".")
+            setattr(getattr(s, section), name, value)
+        out.append((dict(zip(keys, combo)), s))
+    return out
+
+
+# ----------------------------------------------------------------------------- loading
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` (value in TOML syntax; bare words are strings)."""
+    if "=" not in text:
+        raise SpecError(f"--set {text!r}: expected key=value, e.g. train.epochs=5")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise SpecError(f"--set {text!r}: expected a dotted key such as train.epochs")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def apply_override(raw: dict, parts: list[str], value):
+    """Set ``raw[parts...] = value``; list indices allowed (``methods.0.rho``). Unknown paths are SpecErrors."""
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise SpecError(f"--set {where}: no such list element; allowed: 0..{len(node) - 1}")
+            node = node[int(part)]
+        else:
+            if part not in node:
+                node[part] = {}
+            node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise SpecError(f"--set {'.'.join(parts)}: no such list element; allowed: 0..{len(node) - 1}")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> ExperimentSpec:
+    """Read a TOML spec, apply ``--set`` overrides, validate. Raises SpecError (one line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec: file {str(path)!r} not found; allowed: a path to a .toml spec (see experiments/)")
+    if path.suffix != ".toml":
+        raise SpecError(f"spec: {str(path)!r} has suffix {path.suffix!r}; allowed: .toml")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"spec: malformed TOML in {str(path)!r}: {str(err).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"spec: {str(path)!r} is not UTF-8 text; allowed: a TOML file") from None
+    for text in overrides:
+        parts, value = parse_override(text)
+        apply_override(raw, parts, value)
+    return validate_spec(raw)
+
+
+def stable_hash(obj) -> str:
+    """SHA-1 of a canonical JSON dump (sorted keys); identical configs give identical hashes."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,0 +1,152 @@
+"""Data sets as device tensors: MNIST-1D (generated offline), CIFAR-10/100 (torchvision).
+
+* MNIST-1D: ``mnist1d.data.make_dataset`` (never ``get_dataset``, which downloads), cached as
+  ``{data_root}/mnist1d_n{num_samples}_s{data_seed}.npz`` after the first generation.
+* CIFAR: ``torchvision.datasets.CIFAR10/100(root, train, download=data.download)``; images kept
+  as uint8 (N, 3, 32, 32); :meth:`DataBundle.normalize` converts a batch to normalized float, and
+  the training augmentation (4-px zero-padded random crop + horizontal flip) runs on whole
+  batches on the tensors' device, with random numbers from a CPU generator (same on CPU and GPU).
+* A validation split is carved from the training set (``val_fraction``, its own ``split_seed``);
+  the test set is untouched. Symmetric label noise touches training labels only.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+DATASETS = ("cifar10", "cifar100", "mnist1d")
+CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+               "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
+
+
+@dataclass
+class DataBundle:
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    clean_train_y: torch.Tensor
+    num_classes: int
+    input_shape: tuple
+    augment: Callable | None = None
+    mean: torch.Tensor | None = None  # per-channel normalization for uint8 images (CIFAR)
+    std: torch.Tensor | None = None
+
+    def to(self, device) -> "DataBundle":
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        return replace(self, **moved)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images → normalized float32; float inputs (MNIST-1D) pass through."""
+        if self.mean is None:
+            return x
+        return (x.float().div_(255.0) - self.mean) / self.std
+
+
+def split_train_val(n: int, val_fraction: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Disjoint (train_idx, val_idx) covering range(n); val has round(n·val_fraction) items."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+    n_val = int(round(n * val_fraction))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def apply_label_noise(y: torch.Tensor, rate: float, num_classes: int, seed: int) -> torch.Tensor:
+    """Symmetric noise: each label, with probability ``rate``, is replaced by one drawn uniformly
+    from the OTHER classes (so a flipped label always differs from the original)."""
+    if rate <= 0:
+        return y.clone()
+    g = torch.Generator().manual_seed(seed)
+    flip = torch.rand(len(y), generator=g) < rate
+    offset = torch.randint(1, num_classes, (len(y),), generator=g)
+    return torch.where(flip, (y + offset) % num_classes, y)
+
+
+def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Batch augmentation: zero-pad by ``pad``, random crop back to H×W, random horizontal flip."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+    rows = (oy[:, None] + torch.arange(h, device=x.device)[None, :])  # (n, h)
+    cols = torch.arange(w, device=x.device)[None, :]
+    cols = torch.where(flip[:, None], (w - 1 - cols), cols) + ox[:, None]  # (n, w)
+    idx_n = torch.arange(n, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]  # (n, h, w, c)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+# ----------------------------------------------------------------------------- sources
+def _mnist1d_arrays(cfg) -> dict:
+    root = Path(cfg.data_root)
+    path = root / f"mnist1d_n{cfg.num_samples}_s{cfg.data_seed}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.seed = cfg.num_samples, cfg.data_seed
+    d = make_dataset(args)
+    arrays = {"x": d["x"].astype(np.float32), "y": d["y"].astype(np.int64),
+              "x_test": d["x_test"].astype(np.float32), "y_test": d["y_test"].astype(np.int64)}
+    root.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=root, suffix=".npz.tmp")
+    with os.fdopen(fd, "wb") as fh:
+        np.savez(fh, **arrays)
+    os.replace(tmp, path)
+    return arrays
+
+
+def _cifar_arrays(cfg) -> dict:
+    import torchvision
+
+    base = torchvision.datasets.CIFAR10 if cfg.dataset == "cifar10" else torchvision.datasets.CIFAR100
+    label = "CIFAR-10" if cfg.dataset == "cifar10" else "CIFAR-100"
+
+    class Source(base):
+        def _check_integrity(self):  # presence-only check when verify_md5 is off (tiny test folders)
+            if cfg.verify_md5:
+                return super()._check_integrity()
+            folder = Path(self.root) / self.base_folder
+            return all((folder / name).exists() for name, _ in self.train_list + self.test_list)
+
+    try:
+        train, test = Source(cfg.data_root, train=True, download=cfg.download), Source(cfg.data_root, train=False, download=False)
+    except RuntimeError:
+        raise ValueError(f"data.data_root: {label} not found (or corrupted) under {cfg.data_root!r}; allowed: a folder "
+                         f"holding the extracted python batches, or data.download = true") from None
+    to_t = lambda a: np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+    return {"x": to_t(train.data), "y": np.asarray(train.targets, dtype=np.int64),
+            "x_test": to_t(test.data), "y_test": np.asarray(test.targets, dtype=np.int64)}
+
+
+def load_data(cfg) -> DataBundle:
+    """Build the bundle for ``cfg`` (a DataConfig) on CPU; callers move it with ``.to(device)``."""
+    if cfg.dataset not in DATASETS:
+        raise ValueError(f"data.dataset: unknown dataset {cfg.dataset!r}; allowed: {', '.join(DATASETS)}")
+    arrays = _mnist1d_arrays(cfg) if cfg.dataset == "mnist1d" else _cifar_arrays(cfg)
+    x, y = torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["y"])
+    num_classes = int(max(y.max(), torch.from_numpy(arrays["y_test"]).max())) + 1
+    num_classes = {"cifar10": 10, "cifar100": 100}.get(cfg.dataset, max(num_classes, 10))
+    tr, va = split_train_val(len(y), cfg.val_fraction, cfg.split_seed)
+    clean = y[tr]
+    mean = std = None
+    augment = None
+    if cfg.dataset != "mnist1d":
+        m, s = CIFAR_STATS[cfg.dataset]
+        mean, std = torch.tensor(m).view(1, 3, 1, 1), torch.tensor(s).view(1, 3, 1, 1)
+        augment = random_crop_flip if cfg.augment else None
+    return DataBundle(train_x=x[tr], train_y=apply_label_noise(clean, cfg.label_noise, num_classes, cfg.noise_seed),
+                      val_x=x[va], val_y=y[va], test_x=torch.from_numpy(arrays["x_test"]),
+                      test_y=torch.from_numpy(arrays["y_test"]), clean_train_y=clean, num_classes=num_classes,
+                      input_shape=tuple(x.shape[1:]), augment=augment, mean=mean, std=std)

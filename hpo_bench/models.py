@@ -1,0 +1,190 @@
+"""Model registry (timm-style): ``@register_model`` factories, ``list_models``, ``create_model``.
+
+A factory takes ``(num_classes, input_shape)`` and returns an ``nn.Module``; the first line of its
+docstring is what ``hpo-bench list`` prints.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+_MODELS: dict[str, Callable[[int, tuple], nn.Module]] = {}
+
+
+def register_model(name: str):
+    """Decorator: register ``factory(num_classes, input_shape) -> nn.Module`` under ``name``."""
+
+    def wrap(factory):
+        _MODELS[name] = factory
+        return factory
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def model_doc(name: str) -> str:
+    return (_MODELS[name].__doc__ or "").strip().splitlines()[0]
+
+
+def create_model(name: str, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    if name not in _MODELS:
+        raise ValueError(f"model.name: unknown model {name!r}; allowed: {', '.join(list_models())}")
+    return _MODELS[name](num_classes, tuple(input_shape))
+
+
+def _he_init(module: nn.Module) -> nn.Module:
+    """He (Kaiming-normal, fan_out) init of conv weights, as in the LETS paper's Table 10."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return module
+
+
+# ----------------------------------------------------------------------------- small models
+@register_model("linear")
+def linear(num_classes, input_shape):
+    """Linear classifier (multinomial logistic regression); for tests."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
+
+
+@register_model("tiny_bn")
+def tiny_bn(num_classes, input_shape):
+    """Tiny MLP with BatchNorm (16 hidden units); for gradient checks."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), 16), nn.BatchNorm1d(16), nn.ReLU(),
+                         nn.Linear(16, num_classes))
+
+
+@register_model("mnist1d_mlp")
+def mnist1d_mlp(num_classes, input_shape):
+    """MNIST-1D MLP 40-100-100-10 (reference ~68% test accuracy)."""
+    d = math.prod(input_shape)
+    return nn.Sequential(nn.Flatten(), nn.Linear(d, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(),
+                         nn.Linear(100, num_classes))
+
+
+class MNIST1DCNN(nn.Module):
+    """The MNIST-1D reference CNN (greydanus/mnist1d ``ConvBase``): 3 strided conv1d layers, 25 channels."""
+
+    def __init__(self, num_classes: int, length: int = 40, channels: int = 25):
+        super().__init__()
+        self.conv1 = nn.Conv1d(1, channels, 5, stride=2, padding=1)
+        self.conv2 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+        n = length
+        for k in (5, 3, 3):
+            n = (n + 2 - k) // 2 + 1
+        self.linear = nn.Linear(channels * n, num_classes)
+
+    def forward(self, x):
+        if x.dim() == 2:
+            x = x.unsqueeze(1)
+        x = torch.relu(self.conv1(x))
+        x = torch.relu(self.conv2(x))
+        x = torch.relu(self.conv3(x))
+        return self.linear(x.flatten(1))
+
+
+@register_model("mnist1d_cnn")
+def mnist1d_cnn(num_classes, input_shape):
+    """MNIST-1D reference CNN (3 conv1d layers; reference ~94% test accuracy)."""
+    return MNIST1DCNN(num_classes, length=input_shape[-1])
+
+
+# ----------------------------------------------------------------------------- CIFAR ResNet-18
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR ResNet (kuangliu/pytorch-cifar layout): 3x3 stem, stride 1, no max-pool."""
+
+    def __init__(self, blocks=(2, 2, 2, 2), num_classes=10, in_ch=3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_ch, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        layers, c_in = [], 64
+        for i, (n, width) in enumerate(zip(blocks, (64, 128, 256, 512))):
+            for j in range(n):
+                layers.append(BasicBlock(c_in, width, 2 if (j == 0 and i > 0) else 1))
+                c_in = width
+        self.layers = nn.Sequential(*layers)
+        self.head = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        x = self.layers(self.stem(x))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+@register_model("resnet18")
+def resnet18(num_classes, input_shape):
+    """CIFAR ResNet-18 (3x3 stem, BasicBlock [2,2,2,2], He init)."""
+    return _he_init(ResNet((2, 2, 2, 2), num_classes, in_ch=input_shape[0]))
+
+
+# ----------------------------------------------------------------------------- WideResNet-28-10
+class WideBasic(nn.Module):
+    """Pre-activation wide basic block (Zagoruyko & Komodakis 2016)."""
+
+    def __init__(self, c_in, c_out, stride, dropout):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.shortcut = None if (stride == 1 and c_in == c_out) else nn.Conv2d(c_in, c_out, 1, stride, bias=False)
+
+    def forward(self, x):
+        o = torch.relu(self.bn1(x))
+        y = self.conv1(o)
+        y = self.conv2(self.dropout(torch.relu(self.bn2(y))))
+        return y + (x if self.shortcut is None else self.shortcut(o))
+
+
+class WideResNet(nn.Module):
+    def __init__(self, depth=28, widen=10, num_classes=10, dropout=0.0, in_ch=3):
+        super().__init__()
+        n = (depth - 4) // 6
+        widths = [16, 16 * widen, 32 * widen, 64 * widen]
+        self.stem = nn.Conv2d(in_ch, widths[0], 3, 1, 1, bias=False)
+        layers, c_in = [], widths[0]
+        for i, width in enumerate(widths[1:]):
+            for j in range(n):
+                layers.append(WideBasic(c_in, width, 2 if (j == 0 and i > 0) else 1, dropout))
+                c_in = width
+        self.layers = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm2d(c_in)
+        self.head = nn.Linear(c_in, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.layers(self.stem(x))))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+@register_model("wrn28_10")
+def wrn28_10(num_classes, input_shape):
+    """WideResNet-28-10 (pre-activation, dropout 0, He init)."""
+    return _he_init(WideResNet(28, 10, num_classes, 0.0, in_ch=input_shape[0]))

@@ -1,0 +1,160 @@
+"""Results store: long-format parquet tables plus ``metadata.json``, all written atomically.
+
+Layout of one experiment directory (``<out>/<spec name>-<spec digest>/``)::
+
+    metadata.json            resolved spec, package versions, git commit, hardware, command
+    trials/<run_id>.json     one finished run's row (written last: its presence marks the run done)
+    trials/<run_id>.parquet  that run's curves (per-epoch metrics and per-step traces), long format
+    runs.parquet             one row per run (consolidated from trials/)
+    curves.parquet           run_id, scope ('epoch'|'step'), epoch, step, metric, value
+    searches.parquet         one row per search (selected ρ*, accuracy at ρ*, summed cost)
+    anytime.parquet          best-so-far selected accuracy vs cumulative cost, per search
+
+Every file is written to a temporary name in the same directory, fsynced, then renamed, so a
+killed process leaves either the old file or the new one, never a torn one. A run is done iff its
+``trials/<run_id>.json`` exists, whichever engine ran it; re-running a spec skips done runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(obj):
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)
+
+
+class ResultsStore:
+    """One experiment directory. Safe to use from several processes (one writer per run_id)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.trials = self.root / "trials"
+
+    # -- per-run files -------------------------------------------------------------------------
+    def has(self, run_id: str) -> bool:
+        return (self.trials / f"{run_id}.json").exists()
+
+    def load_row(self, run_id: str) -> dict:
+        return json.loads((self.trials / f"{run_id}.json").read_text())
+
+    def write_run(self, row: dict, curves: pd.DataFrame) -> None:
+        """Write one finished run: curves first, then the row (which marks it done)."""
+        run_id = row["run_id"]
+        atomic_write_parquet(self.trials / f"{run_id}.parquet", curves)
+        atomic_write_text(self.trials / f"{run_id}.json", json.dumps(row, default=_json_default, sort_keys=True))
+
+    def done_ids(self) -> list[str]:
+        if not self.trials.exists():
+            return []
+        return sorted(p.stem for p in self.trials.glob("*.json") if not p.name.startswith("."))
+
+    # -- consolidated tables -------------------------------------------------------------------
+    def consolidate(self) -> pd.DataFrame:
+        """Rebuild runs.parquet and curves.parquet from trials/ (each run exactly once)."""
+        ids = self.done_ids()
+        rows = [self.load_row(i) for i in ids]
+        runs = pd.DataFrame(rows)
+        curves = [pd.read_parquet(self.trials / f"{i}.parquet") for i in ids if (self.trials / f"{i}.parquet").exists()]
+        curves = [c for c in curves if len(c)]
+        atomic_write_parquet(self.root / "runs.parquet", runs)
+        atomic_write_parquet(self.root / "curves.parquet", pd.concat(curves, ignore_index=True) if curves else
+                             pd.DataFrame(columns=["run_id", "scope", "epoch", "step", "metric", "value"]))
+        return runs
+
+    def write_table(self, name: str, df: pd.DataFrame) -> None:
+        atomic_write_parquet(self.root / f"{name}.parquet", df)
+
+    def read_table(self, name: str) -> pd.DataFrame:
+        path = self.root / f"{name}.parquet"
+        return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+
+    # -- metadata ------------------------------------------------------------------------------
+    def write_metadata(self, spec_dict: dict, command: list[str]) -> None:
+        meta = {"spec": spec_dict, "command": " ".join(command), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "versions": package_versions(), "git_commit": git_commit(), "hardware": hardware()}
+        atomic_write_text(self.root / "metadata.json", json.dumps(meta, indent=2, default=_json_default))
+
+    def read_metadata(self) -> dict:
+        path = self.root / "metadata.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+
+def package_versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("hpo-bench", "torch", "torchvision", "optuna", "ray", "higher", "numpy", "pandas", "pyarrow", "mnist1d"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def hardware() -> dict:
+    import torch
+
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info

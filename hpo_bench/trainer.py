@@ -1,0 +1,291 @@
+"""The one training loop every strategy runs on (METHODS.md §1).
+
+Base optimizer: SGD (momentum 0.9, weight decay 5e-4 applied by the optimizer, never inside the
+perturbation), per-step cosine learning rate. A step is (see :mod:`searchers.base`)::
+
+    g  = ∇L(B^tr; θ_t)                                   # always
+    ε  = strategy.perturbation(ctx, g)                   # None -> ERM step
+    ĝ  = ∇L(B^tr; θ_t + ε)   (BN running stats frozen)   # only when ε is given
+    d  = strategy.combine(ctx, g, ĝ);  θ_{t+1} = SGD(θ_t, d)
+    strategy.after_update(ctx)
+
+Data live as tensors on the device and are batched by indexing. Training batch order depends
+only on the run seed; validation batches come from their own generator, so strategies that draw
+them never disturb the training order. CPU runs are deterministic for a given seed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpo_bench.data import DataBundle
+from hpo_bench.ledger import Ledger
+from hpo_bench.models import create_model
+from hpo_bench.perturbation import frozen_bn_stats
+from searchers.base import Diverged, Strategy
+
+VAL_STREAM, AUG_STREAM = 10_007, 20_011  # seed offsets of the validation and augmentation generators
+
+
+class RunStopped(RuntimeError):
+    """A run ended early with a status other than 'ok' (diverged, timeout, oom)."""
+
+    def __init__(self, status: str, reason: str, step: int):
+        super().__init__(f"{status} at step {step}: {reason}")
+        self.status, self.reason, self.step = status, reason, step
+
+
+def _upcast(out: torch.Tensor) -> torch.Tensor:
+    """Logits in at least float32 for the loss (bf16 under autocast); float64 stays float64."""
+    return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def lr_at(step: int, total: int, base_lr: float, schedule: str) -> float:
+    """Cosine: η_t = η₀·½(1 + cos(π t / T)); constant: η₀."""
+    if schedule == "cosine":
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+    return base_lr
+
+
+@dataclass
+class RunResult:
+    """What one run produced: summary fields, per-epoch metrics and per-step traces."""
+
+    status: str = "ok"
+    reason: str = ""
+    stop_step: int = -1
+    summary: dict = field(default_factory=dict)
+    epochs: list = field(default_factory=list)  # dicts: epoch, step, metric values
+    traces: list = field(default_factory=list)  # dicts: step, epoch, trace values
+    ledger: dict = field(default_factory=dict)
+
+
+class StepContext:
+    """What a strategy sees at one step; every gradient obtained here is charged to the ledger."""
+
+    def __init__(self, trainer: "Trainer"):
+        self.trainer = trainer
+        self.model = trainer.model
+        self.params = trainer.params
+        self.names = trainer.names
+        self.ledger = trainer.ledger
+        self.x = self.y = None
+        self.step = 0
+        self.epoch = 0
+        self.total_steps = trainer.total_steps
+        self.lr = trainer.cfg.lr
+
+    # -- passes --------------------------------------------------------------------------------
+    def loss(self, x, y, params=None) -> torch.Tensor:
+        """Mean cross-entropy of the model on (x, y); ``params`` evaluates at other weights (functional)."""
+        with self.trainer.autocast():
+            if params is None:
+                out = self.model(x)
+            else:
+                out = torch.func.functional_call(self.model, dict(zip(self.names, params)), (x,), strict=False)
+        return F.cross_entropy(_upcast(out), y)
+
+    def loss_grad(self, x=None, y=None, *, update_bn: bool = False, create_graph: bool = False):
+        """(L, ∇_θ L) on (x, y) at the current θ; defaults to the step's training batch. One grad eval.
+
+        BN running statistics are frozen unless ``update_bn`` (only the step's first pass updates them).
+        """
+        x, y = (self.x, self.y) if x is None else (x, y)
+        if update_bn:
+            loss = self.loss(x, y)
+        else:
+            with frozen_bn_stats(self.model):
+                loss = self.loss(x, y)
+        grads = torch.autograd.grad(loss, self.params, create_graph=create_graph)
+        self.ledger.charge_grad()
+        return loss, list(grads)
+
+    @torch.no_grad()
+    def add_(self, delta, alpha: float = 1.0) -> None:
+        torch._foreach_add_(self.params, delta, alpha=alpha)
+
+    def perturbed_loss_grad(self, eps, x=None, y=None):
+        """(L, ∇L) at θ + ε with BN stats frozen; θ is restored bit-exactly afterwards. One grad eval."""
+        saved = [p.detach().clone() for p in self.params]
+        self.add_(eps)
+        try:
+            return self.loss_grad(x, y)
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self.params, saved)
+
+    def val_batch(self, source: str = "val"):
+        """A batch of size ``batch_size`` from the held-out validation split ('val') or training set ('train').
+
+        Drawn from generators independent of the training order.
+        """
+        return self.trainer.extra_batch(source)
+
+
+class Trainer:
+    """Train one model with one strategy; returns a :class:`RunResult`."""
+
+    def __init__(self, data: DataBundle, model_name: str, train_cfg, strategy: Strategy, seed: int,
+                 device: torch.device | str = "cpu", on_epoch=None, progress=None):
+        self.cfg = train_cfg
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.amp = bool(train_cfg.amp and self.cuda)
+        self.data = data.to(self.device)
+        self.seed = seed
+        self.strategy = strategy
+        self.on_epoch = on_epoch
+        self.progress = progress
+        torch.manual_seed(seed)
+        self.model = create_model(model_name, data.num_classes, data.input_shape).to(self.device)
+        if self.amp:
+            self.model = self.model.to(memory_format=torch.channels_last) if len(data.input_shape) == 3 else self.model
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.optimizer = torch.optim.SGD(self.params, lr=train_cfg.lr, momentum=train_cfg.momentum,
+                                         weight_decay=train_cfg.weight_decay)
+        self.n_train = len(self.data.train_y)
+        self.steps_per_epoch = max(1, math.ceil(self.n_train / train_cfg.batch_size))
+        self.total_steps = self.steps_per_epoch * train_cfg.epochs
+        self.ledger = Ledger(device=self.device.type)
+        self.train_gen = torch.Generator().manual_seed(seed)
+        self.aug_gen = torch.Generator().manual_seed(seed + AUG_STREAM)
+        self.extra_gens = {"val": torch.Generator().manual_seed(seed + VAL_STREAM),
+                           "train": torch.Generator().manual_seed(seed + 2 * VAL_STREAM)}
+        self.extra_perm = {"val": None, "train": None}
+        self.extra_pos = {"val": 0, "train": 0}
+
+    # -- helpers -------------------------------------------------------------------------------
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp) if self.cuda else torch.autocast("cpu", enabled=False)
+
+    def _prep(self, x, train: bool, gen=None):
+        if train and self.data.augment is not None:
+            x = self.data.augment(x, gen)
+        x = self.data.normalize(x)
+        if self.amp and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def extra_batch(self, source: str):
+        """Next batch of an auxiliary stream (validation split or training set), epoch-wise reshuffled."""
+        xs, ys = (self.data.val_x, self.data.val_y) if source == "val" else (self.data.train_x, self.data.train_y)
+        n = len(ys)
+        if n == 0:
+            raise ValueError("data.val_fraction: the validation split is empty but the strategy needs validation batches; allowed: > 0")
+        bs = min(self.cfg.batch_size, n)
+        if self.extra_perm[source] is None or self.extra_pos[source] + bs > n:
+            self.extra_perm[source] = torch.randperm(n, generator=self.extra_gens[source]).to(self.device)
+            self.extra_pos[source] = 0
+        idx = self.extra_perm[source][self.extra_pos[source]: self.extra_pos[source] + bs]
+        self.extra_pos[source] += bs
+        return self._prep(xs[idx], train=(source == "train"), gen=self.aug_gen), ys[idx]
+
+    @torch.no_grad()
+    def evaluate(self, x_all, y_all) -> tuple[float, float]:
+        """(mean loss, accuracy) over a whole split in eval mode; charged as forward passes."""
+        if len(y_all) == 0:
+            return float("nan"), float("nan")
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        bs = self.cfg.eval_batch_size
+        for i in range(0, len(y_all), bs):
+            x, y = self._prep(x_all[i:i + bs], train=False), y_all[i:i + bs]
+            with self.autocast():
+                out = _upcast(self.model(x))
+            loss_sum += F.cross_entropy(out, y, reduction="sum").double()
+            correct += (out.argmax(1) == y).sum()
+            self.ledger.charge_fwd()
+        self.model.train()
+        n = len(y_all)
+        return float(loss_sum) / n, float(correct) / n
+
+    def _check_limits(self, ctx: StepContext, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise RunStopped("diverged", f"non-finite training loss ({float(loss.detach())})", ctx.step)
+        if self.cfg.max_wall_s and self.ledger.elapsed() > self.cfg.max_wall_s:
+            raise RunStopped("timeout", f"wall time over max_wall_s={self.cfg.max_wall_s}", ctx.step)
+        if self.cuda and self.cfg.max_mem_mb and torch.cuda.max_memory_allocated() > self.cfg.max_mem_mb * 2**20:
+            raise RunStopped("oom", f"CUDA memory over max_mem_mb={self.cfg.max_mem_mb}", ctx.step)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def train_step(self, ctx: StepContext) -> torch.Tensor:
+        strategy, opt = self.strategy, self.optimizer
+        loss, g = ctx.loss_grad(update_bn=True)
+        eps = strategy.perturbation(ctx, g)
+        g_hat = ctx.perturbed_loss_grad(eps)[1] if eps is not None else None
+        update = strategy.combine(ctx, g, g_hat)
+        for p, d in zip(self.params, update):
+            p.grad = d
+        opt.step()
+        strategy.after_update(ctx)
+        return loss
+
+    def fit(self) -> RunResult:
+        cfg, result = self.cfg, RunResult()
+        ctx = StepContext(self)
+        self.strategy.setup(self)
+        self.model.train()
+        self.ledger.start()
+        if self.progress is not None:
+            self.progress.reset(total=self.total_steps)
+        try:
+            for epoch in range(cfg.epochs):
+                ctx.epoch = epoch
+                perm = torch.randperm(self.n_train, generator=self.train_gen).to(self.device)
+                for b in range(self.steps_per_epoch):
+                    idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                    ctx.x = self._prep(self.data.train_x[idx], train=True, gen=self.aug_gen)
+                    ctx.y = self.data.train_y[idx]
+                    ctx.lr = lr_at(ctx.step, self.total_steps, cfg.lr, cfg.schedule)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = ctx.lr
+                    loss = self.train_step(ctx)
+                    self._check_limits(ctx, loss)
+                    if ctx.step % cfg.trace_every == 0:
+                        tr = self.strategy.trace()
+                        if tr:
+                            result.traces.append({"step": ctx.step, "epoch": epoch, **tr})
+                    ctx.step += 1
+                    if self.progress is not None:
+                        self.progress.update(1)
+                if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                    row = self._epoch_row(ctx, epoch)
+                    result.epochs.append(row)
+                    if self.progress is not None:
+                        self.progress.set_postfix(val_acc=f"{row['val_acc']:.3f}", loss=f"{row['train_loss']:.3f}")
+                    if self.on_epoch is not None:
+                        self.on_epoch(row)
+        except RunStopped as stop:
+            result.status, result.reason, result.stop_step = stop.status, stop.reason, stop.step
+        except Diverged as err:
+            result.status, result.reason, result.stop_step = "diverged", str(err), ctx.step
+        except torch.cuda.OutOfMemoryError as err:  # pragma: no cover - GPU only
+            result.status, result.reason, result.stop_step = "oom", str(err).splitlines()[0], ctx.step
+            torch.cuda.empty_cache()
+        self.ledger.stop()
+        result.ledger = self.ledger.as_dict()
+        result.summary = {"steps": ctx.step, **self.strategy.summary()}
+        return result
+
+    def _epoch_row(self, ctx: StepContext, epoch: int) -> dict:
+        d = self.data
+        train_loss, train_acc = self.evaluate(d.train_x, d.train_y)
+        val_loss, val_acc = self.evaluate(d.val_x, d.val_y)
+        test_loss, test_acc = self.evaluate(d.test_x, d.test_y)
+        return {"epoch": epoch + 1, "step": ctx.step, "train_loss": train_loss, "train_acc": train_acc,
+                "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
+                "rho": self.strategy.rho, "grad_evals": self.ledger.grad_evals,
+                "wall_s": self.ledger.elapsed()}
