@@ -118,7 +118,15 @@ def _cifar_arrays(cfg) -> dict:
             if cfg.verify_md5:
                 return super()._check_integrity()
             folder = Path(self.root) / self.base_folder
-            return all((folder / name).exists() for name, _ in self.train_list + self.test_list)
+            return all((folder / name).exists() for name, _ in self.train_list + self.test_list + [(self.meta["filename"], 0)])
+
+        def _load_meta(self):
+            if cfg.verify_md5:
+                return super()._load_meta()
+            import pickle
+
+            with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as fh:
+                self.classes = pickle.load(fh, encoding="latin1")[self.meta["key"]]
 
     try:
         train, test = Source(cfg.data_root, train=True, download=cfg.download), Source(cfg.data_root, train=False, download=False)

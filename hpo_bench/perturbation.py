@@ -20,13 +20,13 @@ EPS = 1e-12
 
 def global_norm(tensors) -> torch.Tensor:
     """‖(t₁, …, tₙ)‖₂ over all tensors, as a 0-dim tensor (no host sync)."""
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(tensors))))
 
 
-def sam_direction(grads: list[torch.Tensor]) -> list[torch.Tensor]:
-    """ε̂ = g / (‖g‖ + 1e-12)."""
-    scale = 1.0 / (global_norm(grads) + EPS)
-    return [g * scale for g in grads]
+def sam_direction(grads: list[torch.Tensor], rho: float = 1.0) -> list[torch.Tensor]:
+    """ρ·ε̂ = ρ·g / (‖g‖ + 1e-12) (ρ = 1: the unit direction ε̂)."""
+    scale = rho / (global_norm(grads) + EPS)
+    return list(torch._foreach_mul(grads, scale))
 
 
 def asam_scale(names: list[str], params: list[torch.Tensor], xi: float) -> list[torch.Tensor | None]:

@@ -116,7 +116,8 @@ class StepContext:
 
     def perturbed_loss_grad(self, eps, x=None, y=None):
         """(L, ∇L) at θ + ε with BN stats frozen; θ is restored bit-exactly afterwards. One grad eval."""
-        saved = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            saved = torch._foreach_mul(self.params, 1.0)  # a copy of θ in one fused op
         self.add_(eps)
         try:
             return self.loss_grad(x, y)

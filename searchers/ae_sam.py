@@ -83,7 +83,7 @@ class AESAM(Strategy):
         s = float(global_norm(g)) ** 2
         if not self.policy.decide(s, ctx.step):
             return None
-        return [self.rho * d for d in sam_direction(g)]
+        return sam_direction(g, self.rho)
 
     def trace(self):
         return self.policy.trace()

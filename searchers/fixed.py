@@ -30,7 +30,7 @@ class SAM(Strategy):
     summary_doc = "SAM at a fixed rho"
 
     def perturbation(self, ctx, g):
-        return [self.rho * d for d in sam_direction(g)]
+        return sam_direction(g, self.rho)
 
 
 @dataclass

@@ -33,7 +33,7 @@ class _ReuseMixin:
     def perturbation(self, ctx, g):
         if not self._is_sam_step(ctx, g):
             return None
-        return [self.rho * d for d in sam_direction(g)]
+        return sam_direction(g, self.rho)
 
     def combine(self, ctx, g, g_hat):
         if g_hat is not None:

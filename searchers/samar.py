@@ -70,7 +70,7 @@ class SAMAR(Strategy):
             self.r = norm / self.prev_norm
             self.r_bar = self.params.chi * self.r_bar + (1 - self.params.chi) * self.r
         self.prev_norm = norm
-        return [self.rho * d for d in sam_direction(g)]
+        return sam_direction(g, self.rho)
 
     def combine(self, ctx, g, g_hat):
         lam = self.lam
