@@ -83,7 +83,7 @@ class TrainConfig:
     amp: bool = spec_field(True, doc="bf16 autocast + channels_last on CUDA (never on CPU)")
     threads: int = spec_field(0, lo=0, doc="torch CPU threads for a run (0 = leave as is)")
     max_wall_s: float = spec_field(0.0, lo=0.0, doc="per-run wall-time budget in s (0 = none) -> status 'timeout'")
-    max_mem_mb: float = spec_field(0.0, lo=0.0, doc="per-run CUDA memory budget in MiB (0 = none) -> status 'oom'")
+    max_mem_mb: float = spec_field(0.0, lo=0.0, doc="per-run memory budget in MiB (0 = none): CUDA allocation on GPU, process RSS on CPU -> status 'oom'")
 
 
 @dataclass

@@ -16,6 +16,7 @@ them never disturb the training order. CPU runs are deterministic for a given se
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +30,20 @@ from hpo_bench.perturbation import frozen_bn_stats
 from searchers.base import Diverged, Strategy
 
 VAL_STREAM, AUG_STREAM = 10_007, 20_011  # seed offsets of the validation and augmentation generators
+MEM_CHECK_EVERY = 10  # steps between memory-budget checks
+
+
+def memory_in_use(cuda: bool) -> int:
+    """Bytes in use: CUDA peak allocation on GPU; current resident set size of the process on CPU."""
+    if cuda:
+        return int(torch.cuda.max_memory_allocated())
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # non-Linux: peak RSS (never decreases)
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class RunStopped(RuntimeError):
@@ -218,8 +233,9 @@ class Trainer:
             raise RunStopped("diverged", f"non-finite training loss ({float(loss.detach())})", ctx.step)
         if self.cfg.max_wall_s and self.ledger.elapsed() > self.cfg.max_wall_s:
             raise RunStopped("timeout", f"wall time over max_wall_s={self.cfg.max_wall_s}", ctx.step)
-        if self.cuda and self.cfg.max_mem_mb and torch.cuda.max_memory_allocated() > self.cfg.max_mem_mb * 2**20:
-            raise RunStopped("oom", f"CUDA memory over max_mem_mb={self.cfg.max_mem_mb}", ctx.step)
+        if self.cfg.max_mem_mb and ctx.step % MEM_CHECK_EVERY == 0 and memory_in_use(self.cuda) > self.cfg.max_mem_mb * 2**20:
+            where = "CUDA allocated memory" if self.cuda else "process resident memory"
+            raise RunStopped("oom", f"{where} over max_mem_mb={self.cfg.max_mem_mb}", ctx.step)
 
     # -- the loop ------------------------------------------------------------------------------
     def train_step(self, ctx: StepContext) -> torch.Tensor:

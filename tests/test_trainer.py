@@ -147,3 +147,15 @@ def test_cosine_schedule_endpoints():
     assert lr_at(50, 100, 0.1, "cosine") == pytest.approx(0.05)
     assert lr_at(100, 100, 0.1, "cosine") == pytest.approx(0.0, abs=1e-12)
     assert lr_at(70, 100, 0.1, "constant") == 0.1
+
+
+def test_wall_time_budget_stops_run_as_timeout():
+    tr = make_trainer("sam", dtype=torch.float32, epochs=50, max_wall_s=1e-6)
+    res = tr.fit()
+    assert res.status == "timeout" and "max_wall_s" in res.reason
+
+
+def test_memory_budget_stops_run_as_oom():
+    tr = make_trainer("sam", dtype=torch.float32, epochs=2, max_mem_mb=1.0)  # any process uses > 1 MiB
+    res = tr.fit()
+    assert res.status == "oom" and "max_mem_mb" in res.reason
