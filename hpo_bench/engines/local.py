@@ -1,4 +1,8 @@
-"""The plain sequential engine (debugging, and the reference the other engines must match)."""
+"""The plain sequential engine (debugging, and the reference the other engines must match).
+
+With ``search.batched = true`` the grid points of each seed are trained together in one
+vectorized pass (:mod:`hpo_bench.batched`).
+"""
 from __future__ import annotations
 
 from hpo_bench.experiment import execute_trial
@@ -9,6 +13,10 @@ class LocalEngine:
         self.cfg, self.run_dir, self.device = search_cfg, run_dir, device
 
     def run_trials(self, trials, store, progress=None) -> list[dict]:
+        if getattr(self.cfg, "batched", False):
+            from hpo_bench.batched import run_batched
+
+            return run_batched(trials, store, device=self.device, progress=progress)
         rows = []
         for trial in trials:
             if progress is not None:
