@@ -17,7 +17,7 @@ from hpo_bench.config import SpecError, load_spec, settings
 
 EXIT_USAGE = 2
 # Modules that add a subcommand: each defines ``add_cli(subparsers)``.
-PLUGINS: tuple[str, ...] = ()
+PLUGINS: tuple[str, ...] = ("hpo_bench.fidelity", "hpo_bench.report")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -59,14 +59,18 @@ def frozen_bn_stats(model: nn.Module):
     """Run a pass without changing BN running statistics: momentum = 0 around it (METHODS.md §1).
 
     running ← (1−0)·running + 0·batch_stat leaves the buffers bit-identical; unlike restoring
-    buffers with ``copy_``, this is safe inside a differentiable unroll.
+    buffers with ``copy_``, this is safe inside a differentiable unroll. The integer counter
+    ``num_batches_tracked`` (not differentiated) is reset to its value before the pass.
     """
     mods = bn_modules(model)
     saved = [m.momentum for m in mods]
+    counts = [None if m.num_batches_tracked is None else int(m.num_batches_tracked) for m in mods]
     for m in mods:
         m.momentum = 0.0
     try:
         yield
     finally:
-        for m, mom in zip(mods, saved):
+        for m, mom, n in zip(mods, saved, counts):
             m.momentum = mom
+            if n is not None:  # an integer counter outside any graph: resetting it is safe
+                m.num_batches_tracked.fill_(n)

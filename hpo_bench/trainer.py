@@ -180,6 +180,7 @@ class Trainer:
         self.aug_gen = torch.Generator().manual_seed(seed + AUG_STREAM)
         self.extra_gens = {"val": torch.Generator().manual_seed(seed + VAL_STREAM),
                            "train": torch.Generator().manual_seed(seed + 2 * VAL_STREAM)}
+        self.extra_aug_gen = torch.Generator().manual_seed(seed + 2 * AUG_STREAM)  # never touches training's
         self.extra_perm = {"val": None, "train": None}
         self.extra_pos = {"val": 0, "train": 0}
 
@@ -207,7 +208,7 @@ class Trainer:
             self.extra_pos[source] = 0
         idx = self.extra_perm[source][self.extra_pos[source]: self.extra_pos[source] + bs]
         self.extra_pos[source] += bs
-        return self._prep(xs[idx], train=(source == "train"), gen=self.aug_gen), ys[idx]
+        return self._prep(xs[idx], train=(source == "train"), gen=self.extra_aug_gen), ys[idx]
 
     @torch.no_grad()
     def evaluate(self, x_all, y_all) -> tuple[float, float]:

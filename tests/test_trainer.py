@@ -159,3 +159,11 @@ def test_memory_budget_stops_run_as_oom():
     tr = make_trainer("sam", dtype=torch.float32, epochs=2, max_mem_mb=1.0)  # any process uses > 1 MiB
     res = tr.fit()
     assert res.status == "oom" and "max_mem_mb" in res.reason
+
+
+def test_frozen_pass_keeps_num_batches_tracked():
+    m = torch.nn.BatchNorm1d(4)
+    m(torch.randn(8, 4))
+    with frozen_bn_stats(m):
+        m(torch.randn(8, 4))
+    assert int(m.num_batches_tracked) == 1

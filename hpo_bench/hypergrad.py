@@ -1,0 +1,264 @@
+"""Exact hypergradients of the LETS upper objective w.r.t. ν = log ρ through K unrolled SAM steps.
+
+Starting from a given state S_t = (θ_t, BN buffers, SGD momentum buffers b_t) and K training batches
+B_0 … B_{K−1} with per-step learning rates η_0 … η_{K−1}, with ρ = exp(ν) the unroll is, for k < K::
+
+    g_k   = ∇_θ L(B_k; θ_k)                                 (BN in train mode; running stats updated)
+    ε̂_k   = g_k/(‖g_k‖ + 1e-12)                 (SAM)    or  T²g_k/(‖T g_k‖ + 1e-12), T = |θ_k| + ξ on
+                                                             "weight" tensors, 1 elsewhere (ASAM)
+    ĝ_k   = ∇L(B_k; θ_k + ρ ε̂_k)                            (running stats frozen: BN momentum 0)
+    d_k   = ĝ_k + λ θ_k                                     (weight decay, as torch.optim.SGD)
+    b_{k+1} = d_k if b_k is None else μ b_k + (1 − τ) d_k   (momentum μ, dampening τ)
+    θ_{k+1} = θ_k − η_k (d_k + μ b_{k+1} if nesterov else b_{k+1})
+
+and the upper objective is the LETS metric at θ_K on the validation batch B^vl and the LAST training
+batch B_{K−1} (LETS's convention: the batch of the step that produced θ_K; BN train mode, stats frozen):
+
+    M = ½(ℓ_vl − ℓ_tr)²  ("sq_gap")  |  ℓ_vl − ℓ_tr  ("gap")  |  ℓ_vl  ("val_loss").
+
+Both gradient calls use ``create_graph=True`` (g_k depends on θ_k, so Hessian-vector products at θ_k
+and at θ_k + ρε̂_k both appear in the reverse pass; for ASAM also the dependence of T on θ_k), ν is a
+float64 leaf tensor, and dM/dν = ``torch.autograd.grad(M, ν)``. Nothing is approximated: K = 1 is
+LETS's step without the diagonal Hessian approximation and with the exact base optimizer.
+
+Memory: the graph of all K steps (two gradient graphs per step) is kept until the reverse pass, so
+memory grows O(K) (≈ a few activations-and-gradient copies per step); time is O(K).
+
+Two independent implementations of the same unroll:
+
+* :func:`hypergrad_higher` — ``higher.monkeypatch(model, copy_initial_weights=True,
+  track_higher_grads=True)``; the SAM step and SGD are written on the fast-weight list (never
+  ``diffopt.step`` on the perturbed loss, which would update the perturbed weights). The functional
+  model owns clones of the BN buffers (assigned, never ``copy_``-ed), runs in train mode, and its BN
+  momentum is set to 0 around the perturbed and the M passes.
+* :func:`hypergrad_func` — ``torch.func.functional_call`` on a dict of tensors, with cloned buffers.
+
+Neither changes the model, its buffers or any optimizer state. The passes run in the parameters'
+dtype without autocast (bf16 double backward is not meaningful).
+
+Cost accounting (``ledger``): the forward unroll is 2K grad evals plus 2 for M (ℓ_vl, ℓ_tr); the
+reverse pass through the unroll is charged 2K more (one double-backward per gradient call, counted
+as one grad eval — a lower bound, a double backward costs about 2×). Total charged: 4K + 2.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpo_bench.perturbation import EPS, frozen_bn_stats
+
+METRICS = ("sq_gap", "gap", "val_loss")
+
+
+@dataclass
+class UnrollState:
+    """θ_t (trainable tensors in ``model.named_parameters()`` order), named buffers, momentum buffers."""
+
+    params: list
+    buffers: dict
+    momentum: list  # Tensor or None per parameter
+
+
+@dataclass
+class SGDConfig:
+    """The base optimizer's update rule (torch.optim.SGD semantics)."""
+
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    dampening: float = 0.0
+    nesterov: bool = False
+
+    @classmethod
+    def from_optimizer(cls, opt: torch.optim.SGD) -> "SGDConfig":
+        g = opt.param_groups[0]
+        return cls(g["momentum"], g["weight_decay"], g.get("dampening", 0.0), g.get("nesterov", False))
+
+
+@dataclass
+class HypergradResult:
+    dM_dnu: float
+    dM_drho: float
+    M: float
+    rho: float
+    K: int
+
+
+def capture_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> UnrollState:
+    """Detached clones of the model's trainable parameters, buffers and (if given) SGD momentum buffers."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    mom = [None] * len(params)
+    if optimizer is not None:
+        mom = [optimizer.state.get(p, {}).get("momentum_buffer") for p in params]
+    return UnrollState(params=[p.detach().clone() for p in params],
+                       buffers={k: b.detach().clone() for k, b in model.named_buffers()},
+                       momentum=[None if m is None else m.detach().clone() for m in mom])
+
+
+def _check(model, state, batches, lrs, metric, kind):
+    names = [n for n, p in model.named_parameters()]
+    if any(not p.requires_grad for p in model.parameters()):
+        raise ValueError("hypergrad: every model parameter must require grad (the unroll differentiates them all)")
+    if len(state.params) != len(names):
+        raise ValueError(f"hypergrad: state has {len(state.params)} tensors, model has {len(names)}")
+    if len(batches) != len(lrs) or not batches:
+        raise ValueError(f"hypergrad: {len(batches)} batches but {len(lrs)} learning rates; allowed: K >= 1 of each")
+    if metric not in METRICS:
+        raise ValueError(f"metric: {metric!r}; allowed: {', '.join(METRICS)}")
+    if kind not in ("sam", "asam"):
+        raise ValueError(f"kind: {kind!r}; allowed: sam, asam")
+    return names
+
+
+def _metric(metric: str, lv: torch.Tensor, lt: torch.Tensor) -> torch.Tensor:
+    if metric == "sq_gap":
+        return 0.5 * (lv - lt) ** 2
+    if metric == "gap":
+        return lv - lt
+    return lv
+
+
+def _as_nu(rho=None, nu=None) -> torch.Tensor:
+    if nu is None:
+        nu = torch.tensor(math.log(float(rho)), dtype=torch.float64)
+    if not torch.is_tensor(nu):
+        nu = torch.tensor(float(nu), dtype=torch.float64)
+    return nu.detach().clone().requires_grad_(True)
+
+
+def _finish(M, nu, K, ledger, differentiate: bool) -> HypergradResult | torch.Tensor:
+    if not differentiate:
+        return M.detach()
+    (d_nu,) = torch.autograd.grad(M, nu)
+    if ledger is not None:
+        ledger.charge_grad(4 * K + 2)
+    rho = float(torch.exp(nu.detach()))
+    return HypergradResult(dM_dnu=float(d_nu), dM_drho=float(d_nu) / rho, M=float(M.detach()), rho=rho, K=K)
+
+
+# ----------------------------------------------------------------------------- (a) higher
+def hypergrad_higher(model, state: UnrollState, batches, val_batch, lrs, *, rho=None, nu=None, kind="sam",
+                     xi=0.01, metric="sq_gap", sgd: SGDConfig | None = None, ledger=None,
+                     differentiate: bool = True):
+    """dM/dν through K unrolled SAM/ASAM + SGD steps, with ``higher`` (see the module docstring).
+
+    ``batches``: K (x, y) training batches; ``val_batch``: (x, y); ``lrs``: K learning rates; ρ given as
+    ``rho`` (float) or ``nu`` (= log ρ). ``differentiate=False`` returns the M tensor (for finite
+    differences). Returns :class:`HypergradResult`.
+    """
+    import higher
+
+    names = _check(model, state, batches, lrs, metric, kind)
+    sgd = sgd or SGDConfig()
+    nu = _as_nu(rho, nu)
+    fmodel = higher.monkeypatch(model, copy_initial_weights=True, track_higher_grads=True)
+    for key, buf in state.buffers.items():  # the functional model's own buffers: assign clones
+        path, _, leaf = key.rpartition(".")
+        (fmodel.get_submodule(path) if path else fmodel)._buffers[leaf] = buf.detach().clone()
+    fmodel.train()
+
+    def loss(theta, x, y, frozen):
+        if frozen:
+            with frozen_bn_stats(fmodel):
+                return F.cross_entropy(fmodel(x, params=theta), y)
+        return F.cross_entropy(fmodel(x, params=theta), y)
+
+    with torch.enable_grad():
+        theta = [p.detach().clone().requires_grad_(True) for p in state.params]
+        bufs = [None if m is None else m.detach().clone() for m in state.momentum]
+        rho_t = torch.exp(nu)
+        for (x, y), lr in zip(batches, lrs):
+            g = torch.autograd.grad(loss(theta, x, y, False), theta, create_graph=True)
+            if kind == "sam":
+                norm = torch.sqrt(sum((gi * gi).sum() for gi in g))
+                e_hat = [gi / (norm + EPS) for gi in g]
+            else:
+                tg = [(th.abs() + xi) * gi if "weight" in n else gi for n, th, gi in zip(names, theta, g)]
+                norm = torch.sqrt(sum((v * v).sum() for v in tg))
+                e_hat = [((th.abs() + xi) * v if "weight" in n else v) / (norm + EPS)
+                         for n, th, v in zip(names, theta, tg)]
+            pert = [th + rho_t.to(th.dtype) * e for th, e in zip(theta, e_hat)]
+            g_hat = torch.autograd.grad(loss(pert, x, y, True), pert, create_graph=True)
+            new_theta, new_bufs = [], []
+            for th, gh, b in zip(theta, g_hat, bufs):
+                d = gh + sgd.weight_decay * th if sgd.weight_decay else gh
+                if sgd.momentum:
+                    b = d if b is None else sgd.momentum * b + (1 - sgd.dampening) * d
+                    d = d + sgd.momentum * b if sgd.nesterov else b
+                new_theta.append(th - lr * d)
+                new_bufs.append(b)
+            theta, bufs = new_theta, new_bufs
+        (xv, yv), (xt, yt) = val_batch, batches[-1]
+        lv = loss(theta, xv, yv, True)
+        lt = loss(theta, xt, yt, True) if metric != "val_loss" else lv.detach()
+        M = _metric(metric, lv, lt)
+        return _finish(M, nu, len(batches), ledger, differentiate)
+
+
+# ----------------------------------------------------------------------------- (b) torch.func
+def hypergrad_func(model, state: UnrollState, batches, val_batch, lrs, *, rho=None, nu=None, kind="sam",
+                   xi=0.01, metric="sq_gap", sgd: SGDConfig | None = None, ledger=None,
+                   differentiate: bool = True):
+    """The same dM/dν as :func:`hypergrad_higher`, written independently with ``torch.func.functional_call``."""
+    names = _check(model, state, batches, lrs, metric, kind)
+    sgd = sgd or SGDConfig()
+    nu = _as_nu(rho, nu)
+    buffers = {k: b.detach().clone() for k, b in state.buffers.items()}  # BN updates these clones in place
+    was_training = model.training
+    model.train()
+
+    def loss(theta: dict, x, y):
+        return F.cross_entropy(torch.func.functional_call(model, (theta, buffers), (x,)), y)
+
+    try:
+        with torch.enable_grad():
+            theta = {n: p.detach().clone().requires_grad_(True) for n, p in zip(names, state.params)}
+            mom = {n: (None if m is None else m.detach().clone()) for n, m in zip(names, state.momentum)}
+            rho_t = torch.exp(nu)
+            for (x, y), lr in zip(batches, lrs):
+                grads = dict(zip(names, torch.autograd.grad(loss(theta, x, y), list(theta.values()), create_graph=True)))
+                if kind == "sam":
+                    scaled = grads
+                    denom = torch.sqrt(torch.stack([(v ** 2).sum() for v in scaled.values()]).sum()) + EPS
+                    unit = {n: grads[n] / denom for n in names}
+                else:
+                    T = {n: (theta[n].abs() + xi if "weight" in n else torch.ones_like(theta[n])) for n in names}
+                    scaled = {n: T[n] * grads[n] for n in names}
+                    denom = torch.sqrt(torch.stack([(v ** 2).sum() for v in scaled.values()]).sum()) + EPS
+                    unit = {n: T[n] * scaled[n] / denom for n in names}
+                pert = {n: theta[n] + rho_t.to(theta[n].dtype) * unit[n] for n in names}
+                with frozen_bn_stats(model):
+                    lp = loss(pert, x, y)
+                ghat = dict(zip(names, torch.autograd.grad(lp, list(pert.values()), create_graph=True)))
+                step = {}
+                for n in names:
+                    d = ghat[n] + sgd.weight_decay * theta[n]
+                    if sgd.momentum != 0:
+                        mom[n] = d if mom[n] is None else mom[n] * sgd.momentum + d * (1 - sgd.dampening)
+                        d = d + sgd.momentum * mom[n] if sgd.nesterov else mom[n]
+                    step[n] = theta[n] - lr * d
+                theta = step
+            with frozen_bn_stats(model):
+                lv = loss(theta, *val_batch)
+                lt = loss(theta, *batches[-1])
+            M = _metric(metric, lv, lt)
+            return _finish(M, nu, len(batches), ledger, differentiate)
+    finally:
+        model.train(was_training)
+
+
+IMPLS = {"higher": hypergrad_higher, "func": hypergrad_func}
+
+
+def exact_hypergrad(model, state, batches, val_batch, lrs, *, impl: str = "higher", **kw) -> HypergradResult:
+    """Dispatch to :func:`hypergrad_higher` (default) or :func:`hypergrad_func`."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl: {impl!r}; allowed: {', '.join(IMPLS)}")
+    return IMPLS[impl](model, state, batches, val_batch, lrs, **kw)
+
+
+__all__ = ["HypergradResult", "SGDConfig", "UnrollState", "capture_state", "exact_hypergrad", "hypergrad_func",
+           "hypergrad_higher"]

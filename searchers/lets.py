@@ -1,0 +1,221 @@
+"""LETS: learning the perturbation radius ρ of SAM / ASAM (Mi et al., 2024; arXiv 2408.08222).
+
+Algorithm 1 of the paper, per iteration t (METHODS.md §3), on the common trainer::
+
+    g      = ∇L(B^tr_t; θ_t)                                   (trainer, 1 grad eval)
+    ε̂      = g/‖g‖ (LETS-SAM)  or  T²g/‖Tg‖, T = |θ_t| + ξ (LETS-ASAM)
+    ĝ      = ∇L(B^tr_t; θ_t + ρ_t ε̂)                          (trainer, 1 grad eval)
+    θ_{t+1} = base-optimizer step with ĝ                        (SGD, momentum, weight decay)
+    at θ_{t+1}:  ℓ_vl, ḡ_vl on B^vl_t  and  ℓ_tr, ḡ_tr on B^tr_t (the SAME training batch; 2 grad evals)
+    M, g_a = ∇_θ M (``metric``):
+        "sq_gap"  (default, the paper's)  M = ½(ℓ_vl − ℓ_tr)²,  g_a = (ℓ_vl − ℓ_tr)(ḡ_vl − ḡ_tr)
+        "gap"                             M = ℓ_vl − ℓ_tr,      g_a = ḡ_vl − ḡ_tr
+        "val_loss"                        M = ℓ_vl,             g_a = ḡ_vl
+    H      = diag(ĝ²)                 (diagonal empirical-Fisher stand-in for ∇²L at θ_t + ρ_t ε̂)
+    g_b    (``gb``):
+        "appendix" (default)  g_b = H ε̂, ε̂ the unit direction actually used (SAM or ASAM) —
+                              Appendix A's chain rule, dθ_{t+1}/dρ = −η ∇²L(θ_t + ρε̂) ε̂
+        "literal"             Algorithm 1 as printed: step 11 (SAM) g_b = H ĝ/‖ĝ‖;
+                              step 12 (ASAM) g_b = H T²ḡ_tr/‖T ḡ_tr‖ with T = T_{θ_t} and ḡ_tr at θ_{t+1}
+    dM/dρ  = −η_t g_aᵀ g_b            (η_t = the base lr of step t; momentum and weight decay are
+                                       ignored, as in Appendix A: θ_{t+1} = θ_t − η ĝ)
+    ρ = exp(ν),  dM/dν = ρ dM/dρ,  one Adam step on ν (β₁ 0.9, β₂ 0.999, lr ``beta``).
+
+Choices and reconstructions (labelled as such):
+
+* Step 13 of Algorithm 1 is garbled ("g_ρ = −g_aᵀ g_b g_ρ") and step 14 is plain SGD on ρ while
+  Table 10 says Adam with an exponential schedule; we follow Table 10 and METHODS.md §3: Adam on
+  ν = log ρ (keeps ρ > 0), bias-corrected, written out explicitly in float64 (deterministic).
+* Adam learning rate: ``beta`` (Table 10: 1e-4) times ``gamma``^k with k the epoch index
+  (``decay = "epoch"``, default) or the step index (``decay = "step"``). The paper names an
+  "Exponential" schedule without a rate; our default ``gamma = 1.0`` (no decay) leaves ``beta`` the
+  only knob — set e.g. ``gamma = 0.97`` for a per-epoch exponential decay. ``beta = 0`` freezes ν.
+* Validation batches (``protocol``): "clean" (default) draws B^vl from the held-out split; "paper"
+  draws it from the training set, as the paper does. Either way from a generator independent of the
+  training order, so the training batches are the SAM run's.
+* Cost: 4 grad evals per step (2 SAM + 2 at θ_{t+1}). With ``metric = "val_loss"`` and a g_b that
+  does not need ḡ_tr (everything but literal-ASAM) the training pass at θ_{t+1} is skipped: 3.
+* The extra passes freeze BN running statistics, ρ stays the float ρ₀ until ν first moves (exp(log ρ₀)
+  may differ from ρ₀ in the last bit), so ``beta = 0`` reproduces SAM/ASAM at ρ₀ bit for bit on CPU.
+* ν non-finite, or exp(ν) overflowing to inf / underflowing to 0, raises :class:`Diverged`
+  (the run is recorded with status 'diverged').
+
+:class:`RhoLearner` (ν, Adam, schedule, divergence check) and the metric helpers are shared with
+the exact-hypergradient strategy in :mod:`searchers.hypergrad`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from hpo_bench.config import spec_field
+from hpo_bench.perturbation import asam_direction, asam_scale, sam_direction
+from searchers import register_strategy
+from searchers.base import Diverged, Strategy
+
+METRICS = ("sq_gap", "gap", "val_loss")
+PROTOCOL_SOURCE = {"clean": "val", "paper": "train"}
+
+
+# ----------------------------------------------------------------------------- shared pieces
+@dataclass
+class RhoLearnerParams:
+    """Hyperparameters of learning ν = log ρ with Adam (shared by LETS and the exact hypergradient)."""
+
+    beta: float = spec_field(1e-4, lo=0.0, doc="Adam learning rate on nu = log rho (Table 10: 1e-4; 0 freezes rho)")
+    gamma: float = spec_field(1.0, lo=0.0, lo_open=True, hi=1.0, doc="exponential decay factor of beta per `decay` unit (1 = none)")
+    decay: str = spec_field("epoch", choices=["epoch", "step"], doc="beta_k = beta * gamma**k, k = epoch or step index")
+    beta1: float = spec_field(0.9, lo=0.0, hi=1.0, hi_open=True, doc="Adam beta1")
+    beta2: float = spec_field(0.999, lo=0.0, hi=1.0, hi_open=True, doc="Adam beta2")
+    adam_eps: float = spec_field(1e-8, lo=0.0, lo_open=True, doc="Adam epsilon")
+    metric: str = spec_field("sq_gap", choices=list(METRICS), doc="upper objective M (Table 6 ablation)")
+    protocol: str = spec_field("clean", choices=list(PROTOCOL_SOURCE), doc="validation batches: clean = held-out split, paper = training set")
+    xi: float = spec_field(0.01, lo=0.0, doc="ASAM's xi in T = |theta| + xi (ASAM variants only)")
+
+
+class RhoLearner:
+    """ν = log ρ updated by bias-corrected Adam on dM/dν; ρ kept as a Python float.
+
+    ``rho`` is exactly ρ₀ until ν first changes (so a frozen learner perturbs with ρ₀ bit for bit).
+    """
+
+    def __init__(self, rho0: float, p: RhoLearnerParams, who: str = "rho"):
+        self.p, self.who = p, who
+        self.rho = float(rho0)
+        self.nu = math.log(self.rho)
+        self.m = self.v = 0.0
+        self.k = 0  # Adam updates taken
+
+    def lr(self, step: int, epoch: int) -> float:
+        return self.p.beta * self.p.gamma ** (epoch if self.p.decay == "epoch" else step)
+
+    def update(self, dM_dnu: float, step: int, epoch: int) -> None:
+        """One Adam step ν ← ν − lr m̂/(√v̂ + eps); raises Diverged when ν or ρ stops being usable."""
+        lr = self.lr(step, epoch)
+        if lr == 0.0:  # frozen: ρ stays exactly what it is
+            return
+        if not math.isfinite(dM_dnu):
+            raise Diverged(f"{self.who}: non-finite hypergradient dM/dnu = {dM_dnu} at step {step}")
+        p = self.p
+        self.k += 1
+        self.m = p.beta1 * self.m + (1 - p.beta1) * dM_dnu
+        self.v = p.beta2 * self.v + (1 - p.beta2) * dM_dnu * dM_dnu
+        m_hat = self.m / (1 - p.beta1 ** self.k)
+        v_hat = self.v / (1 - p.beta2 ** self.k)
+        nu = self.nu - lr * m_hat / (math.sqrt(v_hat) + p.adam_eps)
+        if not math.isfinite(nu):
+            raise Diverged(f"{self.who}: nu = log(rho) became non-finite ({nu}) at step {step}")
+        if nu != self.nu:
+            try:
+                rho = math.exp(nu)
+            except OverflowError:
+                raise Diverged(f"{self.who}: rho = exp({nu:.6g}) overflows at step {step}") from None
+            if rho == 0.0 or not math.isfinite(rho):
+                raise Diverged(f"{self.who}: rho = exp({nu:.6g}) = {rho} at step {step}")
+            self.nu, self.rho = nu, rho
+
+
+def metric_and_grad(metric: str, lv: torch.Tensor, gv, lt: torch.Tensor | None, gt):
+    """(M, g_a = ∇_θ M) from (ℓ_vl, ḡ_vl) and (ℓ_tr, ḡ_tr) at θ_{t+1}; M a float64 0-dim tensor."""
+    if metric == "val_loss":
+        return lv.detach().double(), list(gv)
+    gap = (lv - lt).detach()
+    diff = torch._foreach_sub(list(gv), list(gt))
+    if metric == "gap":
+        return gap.double(), diff
+    if metric == "sq_gap":
+        return 0.5 * gap.double() ** 2, list(torch._foreach_mul(diff, gap.to(diff[0].dtype)))
+    raise ValueError(f"metric: {metric!r}; allowed: {', '.join(METRICS)}")
+
+
+def lets_dM_drho(g_a, g_hat, direction, lr: float) -> torch.Tensor:
+    """−η g_aᵀ H d with H = diag(ĝ²) (float64 0-dim tensor); ``direction`` d is the unit vector of g_b."""
+    terms = [(a.double() * gh.double() ** 2 * d.double()).sum() for a, gh, d in zip(g_a, g_hat, direction)]
+    return -lr * torch.stack(terms).sum()
+
+
+def gb_direction(gb: str, kind: str, eps_hat, g_hat, g_tr_next, scales_t):
+    """The unit vector that H multiplies in g_b (see the module docstring)."""
+    if gb == "appendix":
+        return eps_hat
+    if kind == "sam":
+        return sam_direction(g_hat)  # ĝ/‖ĝ‖ (Algorithm 1, step 11)
+    return asam_direction(g_tr_next, scales_t)  # T²ḡ_tr/‖Tḡ_tr‖ with T = T_{θ_t} (step 12)
+
+
+# ----------------------------------------------------------------------------- the strategies
+@dataclass
+class LETSParams(RhoLearnerParams):
+    gb: str = spec_field("appendix", choices=["appendix", "literal"],
+                         doc="g_b = H eps_hat (Appendix A) or Algorithm 1 steps 11/12 as printed")
+
+
+class _LETS(Strategy):
+    """LETS-SAM / LETS-ASAM (Algorithm 1; see the module docstring for every choice)."""
+
+    kind: str = "sam"
+    Params = LETSParams
+
+    def setup(self, trainer):
+        self.learner = RhoLearner(self.rho0, self.params, self.name)
+        self.rho = self.learner.rho
+        self.rho_used = self.rho
+        self.metric_M = self.dM_dnu = math.nan
+        self.need_train_pass = self.params.metric != "val_loss" or (self.params.gb == "literal" and self.kind == "asam")
+
+    def perturbation(self, ctx, g):
+        self.rho = self.rho_used = self.learner.rho
+        if self.kind == "sam":
+            self.eps_hat = sam_direction(g)
+            self.scales = None
+            return sam_direction(g, self.rho)  # the same ops as the plain SAM strategy
+        self.scales = asam_scale(ctx.names, ctx.params, self.params.xi)  # T at θ_t
+        self.eps_hat = asam_direction(g, self.scales)
+        return [self.rho * d for d in self.eps_hat]  # the same ops as the plain ASAM strategy
+
+    def combine(self, ctx, g, g_hat):
+        self.g_hat = g_hat
+        return g_hat
+
+    def after_update(self, ctx):
+        p = self.params
+        xv, yv = ctx.val_batch(PROTOCOL_SOURCE[p.protocol])
+        lv, gv = ctx.loss_grad(xv, yv)
+        lt, gt = ctx.loss_grad() if self.need_train_pass else (None, None)
+        M, g_a = metric_and_grad(p.metric, lv, gv, lt, gt)
+        d = gb_direction(p.gb, self.kind, self.eps_hat, self.g_hat, gt, self.scales)
+        dM_dnu = float(self.rho_used * lets_dM_drho(g_a, self.g_hat, d, ctx.lr))
+        self.metric_M, self.dM_dnu = float(M), dM_dnu
+        self.g_hat = self.eps_hat = self.scales = None
+        self.learner.update(dM_dnu, ctx.step, ctx.epoch)
+        self.rho = self.learner.rho
+
+    def trace(self):
+        return {"rho": self.rho_used, "metric_M": self.metric_M, "dM_dnu": self.dM_dnu}
+
+    def summary(self):
+        return {"rho_final": self.learner.rho if hasattr(self, "learner") else self.rho}
+
+
+@register_strategy
+class LETSSAM(_LETS):
+    """LETS-SAM: SAM whose ρ = exp(ν) is learned online by Adam on the LETS hypergradient (Algorithm 1)."""
+
+    name = "lets-sam"
+    summary_doc = "LETS-SAM: rho learned from a validation-gap hypergradient (Algorithm 1)"
+    kind = "sam"
+
+
+@register_strategy
+class LETSASAM(_LETS):
+    """LETS-ASAM: ASAM (T = |θ| + ξ) whose ρ = exp(ν) is learned online (Algorithm 1)."""
+
+    name = "lets-asam"
+    summary_doc = "LETS-ASAM: adaptive-SAM radius learned online (Algorithm 1)"
+    kind = "asam"
+
+
+__all__ = ["LETSParams", "RhoLearner", "RhoLearnerParams", "gb_direction", "lets_dM_drho", "metric_and_grad",
+           "PROTOCOL_SOURCE"]

@@ -1,0 +1,214 @@
+"""Exact unrolled hypergradients: finite differences, higher vs torch.func, the K = 1 Hessian identity,
+the online hypergrad-sam strategy (unroll leaves the run untouched), and the fidelity analysis."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hpo_bench.hypergrad import SGDConfig, UnrollState, capture_state, hypergrad_func, hypergrad_higher
+from hpo_bench.models import create_model
+from hpo_bench.trainer import StepContext, Trainer, lr_at
+from searchers import create_strategy
+from tests.conftest import ROOT, synthetic_bundle, train_cfg
+
+D = torch.float64
+
+
+def setup_problem(K, seed=0, with_momentum=True, n=16, dim=6, classes=3):
+    """tiny_bn (BatchNorm) in float64 at a random state with non-trivial BN stats and momentum buffers."""
+    torch.manual_seed(seed)
+    model = create_model("tiny_bn", classes, (dim,)).to(D)
+    model.train()
+    with torch.no_grad():  # non-default running stats, so buffers matter if they were (wrongly) used
+        model(torch.randn(32, dim, dtype=D) * 2 + 1)
+    state = capture_state(model)
+    if with_momentum:
+        state.momentum = [0.05 * torch.randn_like(p) for p in state.params]
+    g = torch.Generator().manual_seed(seed + 1)
+    batches = [(torch.randn(n, dim, generator=g, dtype=D), torch.randint(0, classes, (n,), generator=g)) for _ in range(K)]
+    val = (torch.randn(n, dim, generator=g, dtype=D), torch.randint(0, classes, (n,), generator=g))
+    lrs = [0.2 * (1 - 0.1 * k) for k in range(K)]
+    return model, state, batches, val, lrs
+
+
+def central_fd(model, state, batches, val, lrs, rho, h=1e-5, **kw):
+    nu = math.log(rho)
+    mp = hypergrad_higher(model, state, batches, val, lrs, nu=nu + h, differentiate=False, **kw)
+    mm = hypergrad_higher(model, state, batches, val, lrs, nu=nu - h, differentiate=False, **kw)
+    return float((mp - mm) / (2 * h))
+
+
+@pytest.mark.parametrize("K", [1, 3])
+@pytest.mark.parametrize("kind,rho", [("sam", 0.3), ("asam", 1.0)])
+def test_exact_hypergrad_matches_finite_differences_and_torch_func(K, kind, rho):
+    model, state, batches, val, lrs = setup_problem(K)
+    kw = dict(kind=kind, metric="sq_gap", sgd=SGDConfig(momentum=0.9, weight_decay=5e-4))
+    res = hypergrad_higher(model, state, batches, val, lrs, rho=rho, **kw)
+    fd = central_fd(model, state, batches, val, lrs, rho, **kw)
+    assert res.dM_dnu != 0.0
+    assert abs(res.dM_dnu - fd) / abs(fd) < 1e-4, (res.dM_dnu, fd)
+    ref = hypergrad_func(model, state, batches, val, lrs, rho=rho, **kw)
+    assert ref.dM_dnu == pytest.approx(res.dM_dnu, rel=1e-8, abs=0)
+    assert ref.M == pytest.approx(res.M, rel=1e-12)
+    assert res.dM_drho == pytest.approx(res.dM_dnu / rho, rel=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["gap", "val_loss"])
+def test_other_metrics_match_finite_differences(metric):
+    model, state, batches, val, lrs = setup_problem(2)
+    kw = dict(kind="sam", metric=metric)
+    res = hypergrad_higher(model, state, batches, val, lrs, rho=0.2, **kw)
+    fd = central_fd(model, state, batches, val, lrs, 0.2, **kw)
+    assert abs(res.dM_dnu - fd) / abs(fd) < 1e-4
+    assert hypergrad_func(model, state, batches, val, lrs, rho=0.2, **kw).dM_dnu == pytest.approx(res.dM_dnu, rel=1e-8)
+
+
+def _loss(model, params, x, y):
+    names = [n for n, _ in model.named_parameters()]
+    return F.cross_entropy(torch.func.functional_call(model, dict(zip(names, params)), (x,)), y)
+
+
+@pytest.mark.parametrize("sgd", [SGDConfig(momentum=0.0, weight_decay=0.0), SGDConfig(momentum=0.9, weight_decay=5e-4)],
+                         ids=["plain-sgd", "momentum-wd"])
+def test_k1_equals_explicit_hessian_vector_product(sgd):
+    """K = 1: dM/dν = ρ·(−η g_aᵀ ∇²L(θ_t + ρε̂) ε̂) — Appendix A without the diagonal approximation.
+
+    θ_t and the momentum buffer do not depend on ρ, so the identity holds with momentum and weight decay too.
+    """
+    model, state, batches, val, lrs = setup_problem(1, with_momentum=sgd.momentum != 0)
+    (x, y), eta, rho = batches[0], lrs[0], 0.3
+    m = copy.deepcopy(model)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm1d):
+            mod.momentum = 0.0  # train-mode losses do not depend on running stats anyway
+    theta0 = [p.clone().requires_grad_(True) for p in state.params]
+    g = torch.autograd.grad(_loss(m, theta0, x, y), theta0)
+    norm = torch.sqrt(sum((gi ** 2).sum() for gi in g))
+    e_hat = [gi / (norm + 1e-12) for gi in g]
+    theta_p = [(t + rho * e).detach().requires_grad_(True) for t, e in zip(theta0, e_hat)]
+    g_hat = torch.autograd.grad(_loss(m, theta_p, x, y), theta_p, create_graph=True)
+    hvp = torch.autograd.grad(sum((gh * e).sum() for gh, e in zip(g_hat, e_hat)), theta_p)  # ∇²L(θ+ρε̂) ε̂
+    with torch.no_grad():
+        theta1 = []
+        for t, gh, b in zip(theta0, g_hat, state.momentum):
+            d = gh + sgd.weight_decay * t
+            if sgd.momentum:
+                d = sgd.momentum * b + d
+            theta1.append((t - eta * d).detach().requires_grad_(True))
+    M = 0.5 * (_loss(m, theta1, *val) - _loss(m, theta1, x, y)) ** 2
+    g_a = torch.autograd.grad(M, theta1)
+    expected = rho * (-eta * sum((a * h).sum() for a, h in zip(g_a, hvp)))
+    res = hypergrad_higher(model, state, batches, val, lrs, rho=rho, kind="sam", metric="sq_gap", sgd=sgd)
+    assert res.dM_dnu == pytest.approx(float(expected), rel=1e-8)
+    assert res.M == pytest.approx(float(M.detach()), rel=1e-10)
+
+
+def test_unroll_does_not_touch_model_and_charges_ledger():
+    from hpo_bench.ledger import Ledger
+
+    model, state, batches, val, lrs = setup_problem(3)
+    snap = copy.deepcopy(model.state_dict())
+    ledger = Ledger(device="cpu")
+    for impl in (hypergrad_higher, hypergrad_func):
+        impl(model, state, batches, val, lrs, rho=0.1, ledger=ledger)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in snap.items())
+    assert ledger.grad_evals == 2 * (4 * 3 + 2)
+
+
+# ----------------------------------------------------------------------------- the online strategy
+def make_trainer(strategy, rho, params=None, dtype=torch.float32, **cfg):
+    tr = Trainer(synthetic_bundle(dtype=dtype), "tiny_bn", train_cfg(**cfg), create_strategy(strategy, rho, params), seed=0)
+    if dtype == torch.float64:
+        tr.model.double()
+    return tr
+
+
+def test_hypergrad_sam_unroll_leaves_params_bn_and_momentum_untouched():
+    tr = make_trainer("hypergrad-sam", 0.05, {"beta": 0.1, "every": 1, "unroll": 3})
+    tr.strategy.setup(tr)
+    ctx = StepContext(tr)
+    for step in range(2):  # two real steps: momentum buffers exist, BN stats moved
+        ctx.step = step
+        ctx.x, ctx.y = tr.data.train_x[16 * step:16 * (step + 1)], tr.data.train_y[16 * step:16 * (step + 1)]
+        ctx.lr = lr_at(step, tr.total_steps, tr.cfg.lr, "cosine")
+        rho_before = tr.strategy.learner.rho
+        evals = tr.ledger.grad_evals
+        # run the step up to the optimizer, then snapshot everything right before after_update
+        _, g = ctx.loss_grad(update_bn=True)
+        eps = tr.strategy.perturbation(ctx, g)
+        g_hat = ctx.perturbed_loss_grad(eps)[1]
+        for p, d in zip(tr.params, tr.strategy.combine(ctx, g, g_hat)):
+            p.grad = d
+        tr.optimizer.step()
+        params = [p.detach().clone() for p in tr.params]
+        buffers = {k: b.clone() for k, b in tr.model.named_buffers()}
+        mom = [tr.optimizer.state[p]["momentum_buffer"].clone() for p in tr.params]
+        tr.strategy.after_update(ctx)
+        assert all(torch.equal(a, p) for a, p in zip(params, tr.params))
+        assert all(torch.equal(b, dict(tr.model.named_buffers())[k]) for k, b in buffers.items())
+        assert all(torch.equal(m, tr.optimizer.state[p]["momentum_buffer"]) for m, p in zip(mom, tr.params))
+        assert tr.ledger.grad_evals - evals == 2 + (4 * 3 + 2)
+        assert tr.strategy.learner.rho != rho_before and math.isfinite(tr.strategy.dM_dnu)
+
+
+def test_hypergrad_sam_with_beta_zero_is_sam_bit_for_bit():
+    a = make_trainer("sam", 0.05)
+    ra = a.fit()
+    b = make_trainer("hypergrad-sam", 0.05, {"beta": 0.0, "every": 3, "unroll": 2})
+    rb = b.fit()
+    strip = lambda res: [{k: v for k, v in e.items() if k not in ("wall_s", "grad_evals")} for e in res.epochs]
+    assert ra.status == rb.status == "ok"
+    assert strip(ra) == strip(rb)
+    assert all(torch.equal(p, q) for p, q in zip(a.params, b.params))
+    n_unrolls = b.total_steps // 3
+    assert rb.ledger["grad_evals"] == 2 * b.total_steps + n_unrolls * (4 * 2 + 2)
+    assert rb.summary["n_unrolls"] == n_unrolls
+
+
+def test_hypergrad_sam_learns_rho_and_huge_beta_diverges():
+    res = make_trainer("hypergrad-asam", 0.5, {"beta": 0.05, "every": 2, "unroll": 2}).fit()
+    assert res.status == "ok" and res.summary["rho_final"] != 0.5
+    assert {"rho", "metric_M", "dM_dnu"} <= set(res.traces[-1])
+    res = make_trainer("hypergrad-sam", 0.05, {"beta": 1e300, "every": 1, "unroll": 1}).fit()
+    assert res.status == "diverged" and "rho" in res.reason
+
+
+# ----------------------------------------------------------------------------- fidelity
+def test_fidelity_table_and_summary():
+    from hpo_bench.fidelity import run_fidelity
+
+    data = synthetic_bundle()
+    cfg = train_cfg(epochs=2)
+    table, summary, result = run_fidelity(data, "tiny_bn", cfg, 0.1, seed=0, every=2, unroll=3)
+    assert result.status == "ok"
+    assert {"step", "lets_appendix", "lets_literal", "exact_k1", "exact_kK"} <= set(table.columns)
+    assert list(table["step"]) == list(range(0, 8, 2))
+    # the LETS pass at the trainer's θ_{t+1} and the K = 1 unroll see the same M (float32 rounding only)
+    assert ((table["M_lets"] - table["M_k1"]).abs() <= 1e-4 * table["M_k1"].abs() + 1e-9).all()
+    assert set(zip(summary["estimator"], summary["reference"])) == {
+        ("lets_appendix", "exact_k1"), ("lets_appendix", "exact_kK"), ("lets_literal", "exact_k1"),
+        ("lets_literal", "exact_kK"), ("exact_k1", "exact_kK")}
+    assert summary["sign_agreement"].between(0, 1).all()
+    # the probe's trajectory is the plain SAM run's
+    ref = Trainer(data, "tiny_bn", cfg, create_strategy("sam", 0.1), seed=0).fit()
+    strip = lambda res: [{k: v for k, v in e.items() if k not in ("wall_s", "grad_evals")} for e in res.epochs]
+    assert strip(ref) == strip(result)
+
+
+def test_fidelity_cli_writes_parquet(tmp_path, capsys):
+    from hpo_bench.cli import main
+
+    code = main(["fidelity", str(ROOT / "experiments" / "tiny.toml"), "--out", str(tmp_path), "--set", "train.epochs=1",
+                 "--every", "4", "--unroll", "2"])
+    out = capsys.readouterr().out
+    assert code == 0 and "sign_agreement" in out
+    run_dir = [d for d in tmp_path.iterdir() if d.is_dir()][0]
+    table = pd.read_parquet(run_dir / "fidelity.parquet")
+    summary = pd.read_parquet(run_dir / "fidelity_summary.parquet")
+    assert len(table) >= 2 and (table["step"] % 4 == 0).all() and len(summary) == 5
+    assert main(["fidelity", str(ROOT / "experiments" / "tiny.toml"), "--out", str(tmp_path), "--every", "0"]) == 2

@@ -1,0 +1,324 @@
+"""Report generator on a synthetic results store: every table and figure, numbers, failures, missing methods, errors."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpo_bench.cli import main
+from hpo_bench.report import FIGURES, write_report
+
+SEEDS = [0, 1, 2]
+NOISE = [0.2, 0.4]
+EPOCHS = 4
+STEPS_PER_EPOCH = 10
+GRID = [0.01, 0.05, 0.1]
+SPEC_METHODS = [
+    {"label": "ERM", "strategy": "erm", "rho": 0.05, "params": {}},
+    {"label": "SAM", "strategy": "sam", "rho": 0.05, "params": {}},
+    {"label": "ASAM", "strategy": "asam", "rho": 0.5, "params": {"xi": 0.01}},
+    {"label": "Grid SAM", "strategy": "sam", "rho": 0.05, "params": {}, "search": {"kind": "grid", "grid": GRID}},
+    {"label": "LETS-SAM", "strategy": "lets-sam", "rho": [0.05, 0.5], "params": {"beta": 0.01, "metric": "sq_gap"}},
+    {"label": "LETS-SAM gap", "strategy": "lets-sam", "rho": 0.05, "params": {"beta": 0.01, "metric": "gap"}},
+    {"label": "AE-SAM", "strategy": "ae-sam", "rho": 0.05, "params": {}},
+    {"label": "SAMAR", "strategy": "samar", "rho": 0.05, "params": {}},
+    {"label": "SAM huge", "strategy": "sam", "rho": 5.0, "params": {}},
+    {"label": "LookSAM", "strategy": "looksam", "rho": 0.05, "params": {}},  # in the spec, never run: "missing"
+]
+COST = {"erm": 1, "sam": 2, "asam": 2, "lets-sam": 3, "ae-sam": 1.5, "samar": 2}
+
+
+def _run(rng, method, strategy, rho0, seed, noise, params, search="", status="ok"):
+    steps = EPOCHS * STEPS_PER_EPOCH
+    n_epochs = EPOCHS if status == "ok" else 1
+    acc = [float(np.round(rng.uniform(0.5, 0.9), 4)) for _ in range(n_epochs)]
+    val = [float(np.round(a + rng.uniform(-0.05, 0.05), 4)) for a in acc]
+    best = int(np.argmax(val))
+    rid = f"{method}-{rho0}-{seed}-{noise}-{search}".replace(" ", "_")
+    grad = COST[strategy] * (steps if status == "ok" else STEPS_PER_EPOCH)
+    nan = float("nan")
+    ok = status == "ok"
+    row = {"run_id": rid, "method": method, "strategy": strategy, "search": search, "rho0": rho0, "seed": seed,
+           "dataset": "mnist1d", "model": "mnist1d_mlp", "label_noise": noise, "device": "cpu",
+           "params": json.dumps(params, sort_keys=True), "status": status,
+           "reason": "" if ok else ("non-finite loss" if status == "diverged" else "stopped by user"),
+           "stop_step": -1 if ok else 7, "epochs_done": n_epochs, "best_epoch": best + 1 if ok else -1,
+           "best_val_acc": val[best] if ok else nan, "test_acc": acc[best] if ok else nan,
+           "last_val_acc": val[-1] if ok else nan, "last_test_acc": acc[-1] if ok else nan,
+           "last_train_loss": 0.5 if ok else nan, "last_train_acc": 0.95 if ok else nan, "last_val_loss": 0.8 if ok else nan,
+           "last_test_loss": 0.9 if ok else nan, "grad_evals": grad, "fwd_evals": 3 * n_epochs,
+           "wall_s": float(rng.uniform(1, 3) * COST[strategy]), "device_s": float(rng.uniform(1, 3)),
+           "peak_mem_bytes": int(rng.integers(700, 800) * 2 ** 20), "steps": float(steps if ok else 7),
+           "rho_final": nan if strategy == "erm" else (rho0 * 1.7 if strategy == "lets-sam" else rho0),
+           "sam_fraction": float(rng.uniform(0.2, 0.6)) if strategy == "ae-sam" else nan,
+           "lambda_final": float(rng.uniform(0.5, 1.5)) if strategy == "samar" else nan,
+           "finished_at": 1.7e9 + rng.uniform(0, 100), "setting.data.label_noise": noise}
+    curves = []
+    for e in range(1, n_epochs + 1):
+        vals = {"train_loss": 2.0 / e, "train_acc": 0.5 + 0.1 * e, "val_loss": 2.2 / e, "val_acc": val[e - 1],
+                "test_loss": 2.3 / e, "test_acc": acc[e - 1], "rho": rho0, "grad_evals": grad * e / n_epochs,
+                "wall_s": row["wall_s"] * e / n_epochs}
+        curves += [(rid, "epoch", e, e * STEPS_PER_EPOCH, k, v) for k, v in vals.items()]
+    for t in range(1, (steps if ok else 7) + 1):
+        ep = (t - 1) // STEPS_PER_EPOCH + 1
+        if strategy == "lets-sam":
+            trace = {"rho": rho0 * (1 + 0.7 * t / steps), "metric_M": 0.1, "dM_dnu": -0.01}
+        elif strategy == "ae-sam":
+            trace = {"sam_step": float(rng.random() < 0.4), "sq_grad_norm": 1.0, "ema_mu": 1.0, "ema_sigma": 0.1,
+                     "threshold_c": 0.5}
+        elif strategy == "samar":
+            trace = {"ratio_r": 1.0, "ratio_r_bar": 1.0, "lambda": 1 + 0.01 * t}
+        else:
+            trace = {}
+        curves += [(rid, "step", ep, t, k, float(v)) for k, v in trace.items()]
+    return row, curves
+
+
+def make_store(root: Path, seed: int = 0, spec_methods=SPEC_METHODS, noise=NOISE) -> Path:
+    """A results directory as `hpo-bench run` writes it (runs, curves, searches, anytime, metadata, fidelity)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows, curves, searches, anytime = [], [], [], []
+    for nz in noise:
+        for m in spec_methods:
+            label, strategy, params = m["label"], m["strategy"], m["params"]
+            if label == "LookSAM":
+                continue
+            if m.get("search"):
+                trials = []
+                for rho in m["search"]["grid"]:
+                    for s in SEEDS:
+                        status = "diverged" if (rho == GRID[-1] and s == 2) else "ok"
+                        r, c = _run(rng, label, strategy, rho, s, nz, params, search="grid/local", status=status)
+                        trials.append(r)
+                        curves += c
+                rows += trials
+                t = pd.DataFrame(trials)
+                ok = t[t["status"] == "ok"]
+                by_rho = ok.groupby("rho0")["best_val_acc"].mean()
+                star = float(by_rho.idxmax())
+                at = ok[ok["rho0"] == star]
+                searches.append({"method": label, "strategy": strategy, "search": "grid/local", "n_trials": len(t),
+                                 "n_failed": int((t["status"] != "ok").sum()), "cost_grad_evals": float(t["grad_evals"].sum()),
+                                 "cost_fwd_evals": float(t["fwd_evals"].sum()), "cost_wall_s": float(t["wall_s"].sum()),
+                                 "cost_device_s": float(t["device_s"].sum()), "rho_star": star,
+                                 "val_acc_mean": float(by_rho.max()), "test_acc_mean": float(at["test_acc"].mean()),
+                                 "test_acc_std": float(at["test_acc"].std(ddof=1)), "n_seeds_at_star": len(at),
+                                 "setting.data.label_noise": nz})
+                t = t.sort_values("finished_at")
+                for k in range(1, len(t) + 1):
+                    anytime.append({"method": label, "trial": k, "cum_grad_evals": float(t["grad_evals"].iloc[:k].sum()),
+                                    "cum_wall_s": float(t["wall_s"].iloc[:k].sum()), "rho_star": star,
+                                    "test_acc": float(t["test_acc"].iloc[:k].max())})
+                continue
+            for rho in (m["rho"] if isinstance(m["rho"], list) else [m["rho"]]):
+                for s in SEEDS:
+                    status = "ok"
+                    if label == "SAM huge":
+                        status = ("diverged" if s == 0 else "ok") if nz == noise[0] else ("stopped" if s == 2 else "diverged")
+                    r, c = _run(rng, label, strategy, rho, s, nz, params, status=status)
+                    rows.append(r)
+                    curves += c
+    pd.DataFrame(rows).to_parquet(root / "runs.parquet", index=False)
+    pd.DataFrame(curves, columns=["run_id", "scope", "epoch", "step", "metric", "value"]).to_parquet(
+        root / "curves.parquet", index=False)
+    if searches:
+        pd.DataFrame(searches).to_parquet(root / "searches.parquet", index=False)
+        pd.DataFrame(anytime).to_parquet(root / "anytime.parquet", index=False)
+    pd.DataFrame([{"estimator": "lets_appendix", "reference": "exact_k1", "n": 20, "sign_agreement": 0.85,
+                   "spearman": 0.61, "median_rel_error": 0.93},
+                  {"estimator": "lets_appendix", "reference": "exact_kK", "n": 20, "sign_agreement": 0.7,
+                   "spearman": 0.42, "median_rel_error": 1.4}]).to_parquet(root / "fidelity_summary.parquet", index=False)
+    spec = {"name": "synthetic", "description": "synthetic store for the report tests", "seeds": SEEDS,
+            "data": {"dataset": "mnist1d", "num_samples": 500, "label_noise": 0.0},
+            "model": {"name": "mnist1d_mlp"}, "train": {"epochs": EPOCHS, "batch_size": 50, "lr": 0.1},
+            "vary": {"data.label_noise": list(noise)} if len(noise) > 1 else {},
+            "methods": [{**m, "search": m.get("search")} for m in spec_methods], "report": True}
+    (root / "metadata.json").write_text(json.dumps({
+        "spec": spec, "command": "hpo-bench run synthetic.toml --out x", "created": "2026-01-01T00:00:00+0000",
+        "versions": {"python": "3.11", "pandas": pd.__version__}, "git_commit": "abc123",
+        "hardware": {"platform": "test", "cpu_count": 2, "cuda": False}}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = make_store(tmp_path_factory.mktemp("rep") / "synthetic-00000000")
+    path = write_report(root)
+    return root, path.read_text()
+
+
+def section(md: str, title: str) -> str:
+    start = md.index(f"## {title}")
+    nxt = md.find("\n## ", start + 3)
+    return md[start: nxt if nxt >= 0 else len(md)]
+
+
+def parse_tables(text: str) -> dict:
+    """{sub-heading (or ''): [row dicts]} for the markdown tables in ``text``."""
+    out, heading, header = {}, "", None
+    for line in text.splitlines():
+        if line.startswith("#### "):
+            heading = line[5:].strip()
+        elif line.startswith("|") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+            if header is None:
+                header = cells
+                out[heading] = []
+            else:
+                out[heading].append(dict(zip(header, cells)))
+        elif not line.startswith("|"):
+            header = None
+    return out
+
+
+def pct(mean, std):
+    return f"{100 * mean:.2f} ± {100 * (0.0 if pd.isna(std) else std):.2f}"
+
+
+def test_every_table_and_figure_is_produced(store):
+    root, md = store
+    for title in ("1. Test accuracy", "2. Cost", "3. Robustness to ρ₀", "4. Generalization metric", "5. Label noise",
+                  "6. Hypergradient fidelity", "7. Adaptive SAM statistics", "Figures", "Notes"):
+        assert f"## {title}" in md, title
+    for name in FIGURES:
+        png = root / "figures" / f"{name}.png"
+        assert png.exists() and png.stat().st_size > 2000, name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"](figures/{name}.png)" in md
+    assert "skipped" not in section(md, "Figures")
+    for fact in ("synthetic store for the report tests", "hpo-bench run synthetic.toml --out x", "abc123",
+                 "cpu_count=2", "seeds | 0, 1, 2", str(root.resolve())):
+        assert fact in md, fact
+
+
+def test_main_table_numbers_equal_an_independent_aggregation(store):
+    root, md = store
+    runs = pd.read_parquet(root / "runs.parquet")
+    searches = pd.read_parquet(root / "searches.parquet")
+    tables = parse_tables(section(md, "1. Test accuracy"))
+    assert set(tables) == {f"data.label_noise = {n:g}" for n in NOISE}
+    n_checked = 0
+    for nz in NOISE:
+        rows = {r["method"]: r for r in tables[f"data.label_noise = {nz:g}"]}
+        plain = runs[(runs["search"] == "") & (runs["setting.data.label_noise"] == nz)]
+        ok = plain[plain["status"] == "ok"]
+        for method, g in ok.groupby("method"):
+            subgroups = g.groupby("rho0") if plain[plain["method"] == method]["rho0"].nunique() > 1 else [(None, g)]
+            for rho0, gg in subgroups:
+                label = method if rho0 is None else f"{method} (ρ₀={rho0:g})"
+                cell = rows[label]["test acc (%)"].strip("*")
+                assert cell == pct(gg["test_acc"].mean(), gg["test_acc"].std()), label
+                total = len(plain[(plain["method"] == method) & ((plain["rho0"] == rho0) if rho0 is not None else True)])
+                assert rows[label]["runs ok/total"] == f"{len(gg)}/{total}"
+                n_checked += 1
+        s = searches[searches["setting.data.label_noise"] == nz].iloc[0]
+        assert rows["Grid SAM"]["test acc (%)"].strip("*") == pct(s["test_acc_mean"], s["test_acc_std"])
+        assert rows["Grid SAM"]["ρ"] == f"ρ*={s['rho_star']:g}"
+        assert rows["Grid SAM"]["runs ok/total"] == f"{s['n_trials'] - s['n_failed']}/{s['n_trials']} trials"
+        # the best mean is bold, and only it
+        bold = [lab for lab, r in rows.items() if r["test acc (%)"].startswith("**")]
+        accs = {lab: float(r["test acc (%)"].strip("*").split(" ± ")[0]) for lab, r in rows.items()
+                if "±" in r["test acc (%)"]}
+        assert bold and all(accs[b] == max(accs.values()) for b in bold)
+        assert rows["LETS-SAM (ρ₀=0.05)"]["ρ"] == "0.05 → 0.085"
+    assert n_checked >= 2 * 7
+
+
+def test_diverged_and_missing_are_counts_not_numbers(store):
+    _, md = store
+    tables = parse_tables(section(md, "1. Test accuracy"))
+    huge_a = {r["method"]: r for r in tables["data.label_noise = 0.2"]}["SAM huge"]
+    assert huge_a["not ok"] == "1 diverged" and huge_a["runs ok/total"] == "2/3" and "±" in huge_a["test acc (%)"]
+    huge_b = {r["method"]: r for r in tables["data.label_noise = 0.4"]}["SAM huge"]
+    assert huge_b["test acc (%)"] == "2 diverged, 1 stopped"
+    assert not re.search(r"\d+\.\d", huge_b["test acc (%)"] + huge_b["ρ"].replace("5", ""))
+    for t in tables.values():
+        looksam = {r["method"]: r for r in t}["LookSAM"]
+        assert looksam["test acc (%)"] == "missing" and looksam["not ok"] == "missing"
+    notes = section(md, "Notes")
+    assert "SAM huge (data.label_noise = 0.2): 1 run diverged at ρ=5 — non-finite loss (step 7)" in notes
+    assert "SAM huge (data.label_noise = 0.4): 1 run stopped at ρ=5 — stopped by user (step 7)" in notes
+    assert "LookSAM (strategy `looksam`) is in the spec but has no runs" in notes
+    assert "Grid SAM (data.label_noise = 0.2): 1 search trial diverged at ρ=0.1" in notes
+    # the label-noise table shows failures as counts too
+    noise = parse_tables(section(md, "5. Label noise"))[""]
+    assert {r["method"]: r for r in noise}["SAM huge"]["noise 0.4"] == "2 diverged, 1 stopped"
+
+
+def test_cost_table_relative_to_sam_and_search_sums(store):
+    root, md = store
+    runs = pd.read_parquet(root / "runs.parquet")
+    rows = {r["method"]: r for r in parse_tables(section(md, "2. Cost"))["data.label_noise = 0.2"]}
+    assert rows["SAM"]["grad evals"].endswith("(×1.00)")
+    trials = runs[(runs["method"] == "Grid SAM") & (runs["setting.data.label_noise"] == 0.2)]
+    sam = runs[(runs["method"] == "SAM") & (runs["setting.data.label_noise"] == 0.2)]  # not "SAM huge"
+    assert rows["SAM"]["wall s"] == f"{sam['wall_s'].mean():.2f} (×1.00)"
+    total = trials["grad_evals"].sum()
+    assert rows["Grid SAM"]["grad evals"] == f"{total:.0f} (×{total / sam['grad_evals'].mean():.2f})"
+    assert rows["Grid SAM"]["basis"] == f"sum over {len(trials)} trials"
+    wall = trials["wall_s"].sum()
+    assert rows["Grid SAM"]["wall s"] == f"{wall:.2f} (×{wall / sam['wall_s'].mean():.2f})"
+    assert rows["Grid SAM"]["peak mem (MiB)"].startswith(f"{trials['peak_mem_bytes'].max() / 2 ** 20:.1f} (×")
+    assert "LookSAM" not in rows
+
+
+def test_optional_tables_layout(store):
+    _, md = store
+    rho0 = parse_tables(section(md, "3. Robustness to ρ₀"))["data.label_noise = 0.2"]
+    assert [r["method"] for r in rho0] == ["LETS-SAM"] and "ρ₀=0.05" in rho0[0] and "ρ₀=0.5" in rho0[0]
+    metric = parse_tables(section(md, "4. Generalization metric"))["data.label_noise = 0.2"]
+    assert {"sq_gap", "gap"} <= set(metric[0])
+    first = {r["strategy"]: r for r in metric}["lets-sam (ρ₀=0.05)"]
+    assert "±" in first["sq_gap"] and "±" in first["gap"]
+    noise = parse_tables(section(md, "5. Label noise"))[""]
+    assert {"noise 0.2", "noise 0.4"} <= set(noise[0])
+    fid = parse_tables(section(md, "6. Hypergradient fidelity"))[""]
+    assert fid[0]["estimator"] == "lets_appendix" and fid[0]["spearman"] == "0.61"
+    adaptive = {r["method"]: r for r in parse_tables(section(md, "7. Adaptive SAM statistics"))["data.label_noise = 0.2"]}
+    assert "±" in adaptive["AE-SAM"]["SAM steps (%)"] and "±" in adaptive["SAMAR"]["final λ"]
+
+
+def test_html_is_self_contained(store):
+    root, _ = store
+    path = write_report(root, fmt="html")
+    assert path.name == "report.html"
+    text = path.read_text()
+    assert text.count("data:image/png;base64,") == len(FIGURES)
+    assert 'src="figures/' not in text and "<table>" in text and "<strong>" in text
+
+
+def test_cli_report_and_bad_run_dirs(tmp_path, capsys):
+    root = make_store(tmp_path / "small", spec_methods=SPEC_METHODS[:3], noise=[0.0])
+    assert main(["report", str(root)]) == 0
+    assert capsys.readouterr().out.strip() == f"report: {root / 'report.md'}"
+    md = (root / "report.md").read_text()
+    # absent data: figures and tables skipped cleanly, and said so
+    for name in ("rho_trajectories", "sam_fraction", "samar_lambda", "anytime"):
+        assert not (root / "figures" / f"{name}.png").exists()
+        assert f"Figure skipped: {name}" in md
+    assert "Robustness to ρ₀" not in md and "Not shown: ρ₀-robustness table" in md
+    assert main(["report", str(root), "--format", "html"]) == 0
+    assert (root / "report.html").exists()
+    capsys.readouterr()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    meta_only = tmp_path / "meta_only"
+    meta_only.mkdir()
+    (meta_only / "metadata.json").write_text(json.dumps({"spec": {"name": "x"}}))
+    no_meta = tmp_path / "no_meta"
+    no_meta.mkdir()
+    (root / "runs.parquet").rename(no_meta / "runs.parquet")
+    for bad in (empty, meta_only, no_meta, tmp_path / "nope", root / "metadata.json"):
+        with pytest.raises(ValueError, match=r"^RUN_DIR: .*; allowed: a directory written by hpo-bench run$") as err:
+            write_report(bad)
+        assert "\n" not in str(err.value)
+        assert main(["report", str(bad)]) == 2
+        err_text = capsys.readouterr().err
+        assert err_text.startswith("hpo-bench: error: RUN_DIR: ") and err_text.count("\n") == 1
+    assert not (empty / "report.md").exists() and not (empty / "figures").exists()
