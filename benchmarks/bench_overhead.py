@@ -3,7 +3,8 @@
 Prints, for the MNIST-1D CNN on this machine (CPU unless --device cuda):
   * trainer ERM epoch / minimal hand-written loop  (target <= 1.05-1.10, limit 1.0)
   * SAM step / ERM step                           (target <= 2.05-2.10, limit 2.0)
-  * any extra strategy / SAM step given with --vs-sam (e.g. lets-sam, ae-sam)
+  * LETS step / SAM step (target <= 2.05), its 3-pass reuse variant / SAM (target <= 1.55), AE-SAM / SAM
+    (compare with (1 + fraction of SAM steps)/2, printed from the AE-SAM run itself)
 
 Method: the contenders run interleaved (A B A B ...) ``--repeats`` times on identical data and
 initial weights; each timing covers ``--epochs`` training epochs (no evaluation); the median
@@ -38,7 +39,19 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_trainer(data, strategy: str, rho: float, epochs: int, device, params=None) -> float:
+SUMMARIES: dict[str, dict] = {}  # the strategy summary of the last timed run of each contender
+
+
+def parse_contender(text: str) -> tuple[str, dict]:
+    """'lets-sam:reuse_next_grad=true,beta=0.01' -> ('lets-sam', {...}) (values in TOML syntax)."""
+    import tomllib
+
+    name, _, rest = text.partition(":")
+    params = tomllib.loads("\n".join(rest.split(","))) if rest else {}
+    return name, params
+
+
+def time_trainer(data, strategy: str, params: dict | None, rho: float, epochs: int, device) -> float:
     """Seconds for ``epochs`` epochs of the trainer's own step loop (no evaluation)."""
     tr = Trainer(data, "mnist1d_cnn", train_cfg(epochs, device.type), create_strategy(strategy, rho, params), 0, device)
     tr.strategy.setup(tr)
@@ -58,6 +71,7 @@ def time_trainer(data, strategy: str, rho: float, epochs: int, device, params=No
             tr._check_limits(ctx, loss)
             ctx.step += 1
     sync(device)
+    SUMMARIES[strategy if not params else f"{strategy}:{params}"] = tr.strategy.summary()
     return time.perf_counter() - t0
 
 
@@ -94,15 +108,16 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--vs-sam", nargs="*", default=[], help="strategies timed against SAM, e.g. lets-sam ae-sam")
+    ap.add_argument("--vs-sam", nargs="*", default=["lets-sam", "lets-sam:reuse_next_grad=true", "ae-sam"],
+                    help="strategies timed against SAM, NAME[:key=value,...]")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     data = load_data(DataConfig()).to(device)
     contenders = {"hand": lambda: time_hand_loop(data, args.epochs, device),
-                  "erm": lambda: time_trainer(data, "erm", 0.05, args.epochs, device),
-                  "sam": lambda: time_trainer(data, "sam", 0.05, args.epochs, device)}
+                  "erm": lambda: time_trainer(data, "erm", None, 0.05, args.epochs, device),
+                  "sam": lambda: time_trainer(data, "sam", None, 0.05, args.epochs, device)}
     for name in args.vs_sam:
-        contenders[name] = (lambda n=name: time_trainer(data, n, 0.05, args.epochs, device))
+        contenders[name] = (lambda n=name: time_trainer(data, *parse_contender(n), 0.05, args.epochs, device))
     for fn in contenders.values():  # warm-up
         fn()
     times = {k: [] for k in contenders}
@@ -117,8 +132,13 @@ def main(argv=None) -> int:
         print(f"{k:<12} median {v:7.3f} s   ({1000 * v / steps:6.2f} ms/step)")
     print(f"ratio trainer-ERM / hand loop : {med['erm'] / med['hand']:.3f}   (target <= 1.05; limit 1.0)")
     print(f"ratio SAM / ERM step           : {med['sam'] / med['erm']:.3f}   (target <= 2.05; limit 2.0)")
+    frac = SUMMARIES.get("ae-sam", {}).get("sam_fraction")
+    if frac is not None:
+        print(f"AE-SAM fraction of SAM steps: {frac:.3f} -> expected AE-SAM/SAM = (1 + f)/2 = {(1 + frac) / 2:.3f}")
+    targets = {"lets-sam": "target <= 2.05; limit 2.0 (4 vs 2 passes)",
+               "lets-sam:reuse_next_grad=true": "target <= 1.55; limit 1.5 (3 vs 2 passes)"}
     for name in args.vs_sam:
-        print(f"ratio {name} / SAM step{' ' * max(0, 10 - len(name))}: {med[name] / med['sam']:.3f}")
+        print(f"ratio {name} / SAM step: {med[name] / med['sam']:.3f}   ({targets.get(name, 'see RESULTS.md')})")
     return 0
 
 

@@ -96,6 +96,7 @@ class StepContext:
         self.names = trainer.names
         self.ledger = trainer.ledger
         self.x = self.y = None
+        self.first_loss = None  # L(B_t; θ_t) of the step's first pass
         self.step = 0
         self.epoch = 0
         self.total_steps = trainer.total_steps
@@ -244,6 +245,7 @@ class Trainer:
     def train_step(self, ctx: StepContext) -> torch.Tensor:
         strategy, opt = self.strategy, self.optimizer
         loss, g = ctx.loss_grad(update_bn=True)
+        ctx.first_loss = loss
         eps = strategy.perturbation(ctx, g)
         g_hat = ctx.perturbed_loss_grad(eps)[1] if eps is not None else None
         update = strategy.combine(ctx, g, g_hat)

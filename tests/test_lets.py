@@ -184,3 +184,23 @@ def test_spec_validation_of_lets_params():
         raw["methods"][0]["params"] = bad
         with pytest.raises(SpecError, match="methods\\[0\\].params"):
             validate_spec(raw)
+
+
+def test_reuse_next_grad_variant_costs_three_passes_and_uses_the_next_first_gradient():
+    from hpo_bench.trainer import Trainer
+    from searchers import create_strategy
+    from tests.conftest import synthetic_bundle, train_cfg
+
+    tr = Trainer(synthetic_bundle(), "tiny_bn", train_cfg(epochs=2),
+                 create_strategy("lets-sam", 0.05, {"beta": 0.05, "reuse_next_grad": True}), seed=0)
+    res = tr.fit()
+    assert res.status == "ok"
+    assert res.ledger["grad_evals"] == 3 * tr.total_steps
+    rhos = [t["rho"] for t in res.traces]
+    assert rhos[0] == 0.05 and rhos[1] != 0.05 and len(set(rhos)) > 2  # step 0 update applied at step 1 start, as in LETS
+    # with beta = 0 it is still SAM bit for bit
+    frozen = Trainer(synthetic_bundle(), "tiny_bn", train_cfg(epochs=2),
+                     create_strategy("lets-sam", 0.05, {"beta": 0.0, "reuse_next_grad": True}), seed=0).fit()
+    sam = Trainer(synthetic_bundle(), "tiny_bn", train_cfg(epochs=2), create_strategy("sam", 0.05), seed=0).fit()
+    strip = lambda r: [{k: v for k, v in e.items() if k not in ("wall_s", "grad_evals")} for e in r.epochs]
+    assert strip(frozen) == strip(sam)
