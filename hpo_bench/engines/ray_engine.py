@@ -1,0 +1,379 @@
+"""Ray Tune engine: grid (``tune.grid_search``), TPE (``OptunaSearch``) and ASHA over ρ.
+
+The engine only schedules; every trial runs :func:`hpo_bench.experiment.execute_trial` inside a
+Tune function trainable, which skips a run already in the :class:`~hpo_bench.store.ResultsStore`
+(at the absolute run directory) and otherwise trains it and writes its row. Tune state under
+``<run_dir>/ray/`` is additional bookkeeping.
+
+Exactly once (grid and ASHA)
+    Only trials whose run_id is not in the store are submitted. The experiment name is
+    ``<method>-<kind>-<hash of the submitted run_ids>``: after a SIGKILL before any trial finished,
+    the same set is pending, ``Tuner.can_restore`` finds the interrupted experiment and
+    ``Tuner.restore(path, trainable, resume_errored=True)`` resumes it; once some trials finished,
+    the pending set (and so the name) differs and a fresh experiment runs exactly the missing
+    trials. Either way a trial whose run_id is already stored returns its stored row without
+    training, and each run is one ``trials/<run_id>.json`` file, so runs.parquet can never hold
+    a (ρ, seed) twice. A trial that raises is retried ``max_failures`` times; if it still has no
+    row after ``fit()``, a ``RuntimeError`` lists it (the other trials are kept; a re-run retries
+    only the missing ones).
+
+Reporting
+    Each epoch except the last is reported with ``ray.tune.report({**epoch_row, "grad_evals":
+    cumulative, ...})`` from ``run_trial``'s ``on_epoch`` callback; after the row is written a
+    final report carries the last epoch's values. So a scheduler decision can never interrupt a
+    run between its last epoch and the write of its row.
+
+ASHA (``kind = "asha"``)
+    ``ASHAScheduler(time_attr="grad_evals", metric="val_acc", mode="max")`` over grid x seeds.
+    ``grace_period`` is ``asha_grace`` epochs converted to gradient evaluations by probing a few
+    training steps of the first trial in the driver (``max_t`` is set above a full run, so only the
+    rungs stop trials, never the budget cap). A trial stopped by ASHA is killed by Tune, so the
+    driver writes its row after ``fit()`` from the trial's reported epochs in the ResultGrid:
+    status ``"stopped"``, ``epochs_done`` and curves of the epochs it reported, and its cost as of
+    its last reported epoch (``grad_evals``, ``wall_s``, ``device_s`` = the trial process's CPU
+    seconds on CPU; ``fwd_evals`` and ``peak_mem_bytes`` are NaN; the partial epoch in flight when
+    it was stopped is not charged). Stopped runs count in the search cost and are never selected.
+
+TPE (``kind = "tpe"``)
+    ``OptunaSearch(space={"rho": FloatDistribution(rho_min, rho_max, log=True)},
+    sampler=TPESampler(seed=sampler_seed))``, ``num_samples = n_trials``; one Tune trial = one ρ
+    running every spec seed sequentially (objective = mean best_val_acc of the seeds that ended
+    ok; NaN, i.e. an Optuna FAIL, when none did). Resume: ``Tuner.restore`` of the experiment
+    (named after the search's content hash), which restores the searcher; stored seeds are skipped.
+
+Ray itself
+    If Ray is not initialized, ``ray.init(address=search.address or None, num_cpus=os.cpu_count()
+    when local, include_dashboard=False, log_to_driver=False)`` is called once and shut down at
+    interpreter exit; a Ray instance started by someone else is never shut down. Never local_mode.
+    Worker processes import ``hpo_bench``/``searchers`` from the same (editable) environment; each
+    trial chdirs to the driver's working directory (when it exists on that node) so relative
+    ``data.data_root`` paths resolve as in the driver, and sets ``torch.set_num_threads(cpus)``.
+"""
+from __future__ import annotations
+
+import atexit
+import hashlib
+import math
+import os
+import time
+from pathlib import Path
+
+from hpo_bench.experiment import Trial, execute_trial, make_trial, result_curves, result_row
+
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+_STARTED_RAY = False
+
+
+def ensure_ray(search_cfg) -> None:
+    """Connect to / start Ray once per process (never local_mode)."""
+    global _STARTED_RAY
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = search_cfg.address or None
+    # Ray starts its workers at nice 15; trials are this program's workload, so a Ray instance
+    # we start runs them at the driver's priority (as the local/optuna engines do).
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    env = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}
+    ray.init(address=address, num_cpus=None if address else os.cpu_count(), include_dashboard=False,
+             log_to_driver=False, runtime_env={"env_vars": env})
+    if not _STARTED_RAY:
+        _STARTED_RAY = True
+        atexit.register(_shutdown_own_ray)
+
+
+def _shutdown_own_ray():
+    import ray
+
+    if _STARTED_RAY and ray.is_initialized():
+        ray.shutdown()
+
+
+def _slug(label: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "method"
+
+
+def _digest(items) -> str:
+    return hashlib.sha1("\n".join(map(str, items)).encode()).hexdigest()[:10]
+
+
+def _finite(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+# ----------------------------------------------------------------------------- trainables
+
+def _enter_trial(cwd: str, threads: int) -> None:
+    import torch
+
+    if cwd and os.path.isdir(cwd):
+        os.chdir(cwd)
+    torch.set_num_threads(max(1, threads))
+
+
+def make_grid_trainable(trials_by_id: dict, store_root: str, device, cwd: str, threads: int):
+    """Function trainable for grid/ASHA: config = {"run_id": ...}; runs that trial once."""
+
+    def hpo_trial(config):
+        from ray import tune
+
+        from hpo_bench.store import ResultsStore
+
+        _enter_trial(cwd, threads)
+        trial = Trial.from_dict(trials_by_id[config["run_id"]])
+        rid, epochs = trial.run_id, int(trial.train["epochs"])
+        store = ResultsStore(store_root)
+        c0 = time.process_time()
+
+        def on_epoch(row):
+            if row["epoch"] >= epochs:  # the last epoch is reported after the row is written
+                return
+            tune.report({**row, "run_id": rid, "phase": "epoch", "cpu_s": time.process_time() - c0,
+                         "epoch_keys": ",".join(row)})
+
+        row = execute_trial(trial, store, device=device, on_epoch=on_epoch)
+        last_val = row.get("last_val_acc")
+        tune.report({"run_id": rid, "phase": "final", "status": row.get("status", ""),
+                     "val_acc": float(last_val) if _finite(last_val) else 0.0,
+                     "best_val_acc": float(row["best_val_acc"]) if _finite(row.get("best_val_acc")) else float("nan"),
+                     "grad_evals": float(row.get("grad_evals", 0) or 0), "epoch_done": int(row.get("epochs_done", 0))})
+
+    return hpo_trial
+
+
+def make_tpe_trainable(template: dict, seeds: list, store_root: str, device, cwd: str, threads: int):
+    """Function trainable for TPE: config = {"rho": ...}; runs every seed at that rho in turn."""
+
+    def hpo_rho(config):
+        from ray import tune
+
+        from hpo_bench.store import ResultsStore
+
+        _enter_trial(cwd, threads)
+        store = ResultsStore(store_root)
+        values, cost = [], 0.0
+        for i, seed in enumerate(seeds):
+            trial = Trial.from_dict({**template, "rho": float(config["rho"]), "seed": int(seed)})
+            row = execute_trial(trial, store, device=device)
+            cost += float(row.get("grad_evals", 0) or 0)
+            if row.get("status") == "ok" and _finite(row.get("best_val_acc")):
+                values.append(float(row["best_val_acc"]))
+            tune.report({"objective": sum(values) / len(values) if values else float("nan"),
+                         "grad_evals": cost, "seeds_done": i + 1, "n_ok": len(values)})
+
+    return hpo_rho
+
+
+# ----------------------------------------------------------------------------- ASHA helpers
+
+class _ProbeDone(Exception):
+    pass
+
+
+class _ProbeBar:
+    """A progress stand-in that ends training after ``k`` steps (used to price one epoch)."""
+
+    def __init__(self, k: int):
+        self.k, self.n = k, 0
+
+    def reset(self, total=None):
+        pass
+
+    def set_postfix(self, **kw):
+        pass
+
+    def update(self, n=1):
+        self.n += n
+        if self.n >= self.k:
+            raise _ProbeDone
+
+
+def grad_evals_per_epoch(trial: Trial, device=None, probe_steps: int = 5) -> float:
+    """Gradient evaluations of one epoch of ``trial``, from its first ``probe_steps`` steps."""
+    from types import SimpleNamespace
+
+    from hpo_bench.experiment import trial_data
+    from hpo_bench.trainer import Trainer, resolve_device
+    from searchers import create_strategy
+
+    cfg = SimpleNamespace(**trial.train)
+    dev = resolve_device(device or cfg.device)
+    strategy = create_strategy(trial.strategy, trial.rho, trial.params)
+    trainer = Trainer(trial_data(trial), trial.model["name"], cfg, strategy, trial.seed, dev)
+    k = min(probe_steps, trainer.steps_per_epoch)
+    trainer.progress = _ProbeBar(k)
+    try:
+        trainer.fit()
+    except _ProbeDone:
+        pass
+    return max(1.0, trainer.ledger.grad_evals / max(1, k) * trainer.steps_per_epoch)
+
+
+def stopped_row(trial: Trial, frame, device) -> tuple[dict, object]:
+    """Row + curves of a trial Tune stopped early, from its reported epoch results."""
+    from hpo_bench.trainer import RunResult, resolve_device
+
+    epochs_df = frame[frame["phase"] == "epoch"] if "phase" in frame else frame.iloc[:0]
+    keys = epochs_df["epoch_keys"].iloc[0].split(",") if len(epochs_df) else []
+    epochs = []
+    for _, rec in epochs_df.iterrows():
+        e = {k: rec[k] for k in keys}
+        e["epoch"], e["step"] = int(e["epoch"]), int(e["step"])
+        e["grad_evals"] = int(e["grad_evals"])
+        epochs.append(e)
+    last = epochs_df.iloc[-1] if len(epochs_df) else None
+    nan = float("nan")
+    dev = resolve_device(device or trial.train["device"])
+    res = RunResult(status="stopped", epochs=epochs,
+                    reason=f"stopped by the ASHA scheduler after epoch {epochs[-1]['epoch'] if epochs else 0}",
+                    stop_step=int(last["step"]) if last is not None else 0,
+                    summary={"steps": int(last["step"]) if last is not None else 0},
+                    ledger={"grad_evals": int(last["grad_evals"]) if last is not None else 0, "fwd_evals": nan,
+                            "wall_s": float(last["wall_s"]) if last is not None else 0.0,
+                            "device_s": float(last["cpu_s"]) if last is not None and dev.type == "cpu" else nan,
+                            "peak_mem_bytes": nan})
+    row = result_row(trial, res, dev)
+    row["finished_at"] = time.time()
+    return row, result_curves(trial.run_id, res)
+
+
+# ----------------------------------------------------------------------------- engine
+
+class RayEngine:
+    def __init__(self, search_cfg, run_dir, device=None):
+        self.cfg, self.run_dir, self.device = search_cfg, Path(run_dir).resolve(), device
+        self.ray_dir = self.run_dir / "ray"
+
+    def _resources(self) -> dict:
+        return {"cpu": self.cfg.cpus_per_trial, "gpu": self.cfg.gpus_per_trial}
+
+    def _threads(self) -> int:
+        return max(1, int(self.cfg.cpus_per_trial))
+
+    def _run_config(self, name: str):
+        from ray import tune
+
+        return tune.RunConfig(storage_path=str(self.ray_dir), name=name, verbose=0,
+                              failure_config=tune.FailureConfig(max_failures=2))
+
+    # -- grid / ASHA -----------------------------------------------------------------------------
+    def run_trials(self, trials: list[Trial], store, progress=None) -> list[dict]:
+        return self._run_set(trials, store, scheduler_kind="grid")
+
+    def _run_set(self, trials: list[Trial], store, scheduler_kind: str) -> list[dict]:
+        from ray import tune
+
+        if not trials:
+            return []
+        by_id = {t.run_id: t for t in trials}
+        pending = [rid for rid in by_id if not store.has(rid)]
+        if pending:
+            ensure_ray(self.cfg)
+            store_root = str(Path(store.root).resolve())
+            trainable = tune.with_resources(
+                make_grid_trainable({rid: by_id[rid].to_dict() for rid in by_id}, store_root, self.device,
+                                    os.getcwd(), self._threads()), self._resources())
+            name = f"{_slug(trials[0].method)}-{scheduler_kind}-{_digest(sorted(pending))}"
+            path = self.ray_dir / name
+            if tune.Tuner.can_restore(str(path)):
+                tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+            else:
+                tuner = tune.Tuner(trainable, param_space={"run_id": tune.grid_search(pending)},
+                                   tune_config=self._tune_config(trials, scheduler_kind),
+                                   run_config=self._run_config(name))
+            grid = tuner.fit()
+            self._record_stopped(grid, by_id, store)
+        store.consolidate()
+        missing = [rid for rid in by_id if not store.has(rid)]
+        if missing:
+            raise RuntimeError(f"ray engine: {len(missing)} trial(s) of {trials[0].method!r} have no result "
+                               f"(see {self.ray_dir}; re-run to retry them): {', '.join(missing)}")
+        return [store.load_row(rid) for rid in by_id]
+
+    def _tune_config(self, trials, scheduler_kind: str):
+        from ray import tune
+
+        kw = dict(max_concurrent_trials=self.cfg.workers, reuse_actors=True)
+        if scheduler_kind == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            per_epoch = grad_evals_per_epoch(trials[0], self.device)
+            epochs = int(trials[0].train["epochs"])
+            grace = max(1.0, min(self.cfg.asha_grace, epochs) * per_epoch * 0.999)
+            kw["scheduler"] = ASHAScheduler(time_attr="grad_evals", metric="val_acc", mode="max",
+                                            grace_period=grace, reduction_factor=self.cfg.asha_reduction,
+                                            max_t=max(grace, epochs * per_epoch) * 2.0)
+        return tune.TuneConfig(**kw)
+
+    def _record_stopped(self, grid, by_id: dict, store) -> None:
+        """Write rows for trials the scheduler stopped (Tune killed them before they could)."""
+        for i in range(len(grid)):
+            result = grid[i]
+            rid = (result.config or {}).get("run_id")
+            if rid not in by_id or store.has(rid) or result.error is not None:
+                continue
+            frame = result.metrics_dataframe
+            if frame is None or not len(frame) or "phase" not in frame or (frame["phase"] == "final").any():
+                continue
+            row, curves = stopped_row(by_id[rid], frame, self.device)
+            if not store.has(rid):
+                store.write_run(row, curves)
+
+    # -- TPE / ASHA ------------------------------------------------------------------------------
+    def run_adaptive(self, spec, method, setting, tag, store, progress=None) -> list[dict]:
+        if self.cfg.kind == "asha":
+            from hpo_bench.search import grid_trials
+
+            return self._run_set(grid_trials(spec, method, setting, tag), store, scheduler_kind="asha")
+        if self.cfg.kind != "tpe":
+            raise ValueError(f"search.kind: {self.cfg.kind!r} is not adaptive; allowed: tpe, asha")
+        return self._run_tpe(spec, method, setting, tag, store)
+
+    def _run_tpe(self, spec, method, setting, tag, store) -> list[dict]:
+        import optuna
+        from optuna.distributions import FloatDistribution
+        from ray import tune
+        from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        template = make_trial(spec, method, 1.0, spec.seeds[0], setting, search=tag).to_dict()
+        key = sorted((k, v) for k, v in template.items() if k not in ("rho", "seed"))
+        name = f"{_slug(method.label)}-tpe-" + _digest([repr([key, list(spec.seeds), self.cfg.rho_min,
+                                                              self.cfg.rho_max, self.cfg.sampler_seed,
+                                                              self.cfg.n_trials])])
+        path = self.ray_dir / name
+        ensure_ray(self.cfg)
+        store_root = str(Path(store.root).resolve())
+        trainable = tune.with_resources(make_tpe_trainable(template, list(spec.seeds), store_root, self.device,
+                                                           os.getcwd(), self._threads()), self._resources())
+        if tune.Tuner.can_restore(str(path)):
+            tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+        else:
+            searcher = OptunaSearch(space={"rho": FloatDistribution(self.cfg.rho_min, self.cfg.rho_max, log=True)},
+                                    metric="objective", mode="max",
+                                    sampler=optuna.samplers.TPESampler(seed=self.cfg.sampler_seed))
+            tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
+                search_alg=searcher, num_samples=self.cfg.n_trials, max_concurrent_trials=self.cfg.workers,
+                reuse_actors=True), run_config=self._run_config(name))
+        grid = tuner.fit()
+        store.consolidate()
+        rows, missing = {}, []
+        for i in range(len(grid)):
+            rho = (grid[i].config or {}).get("rho")
+            if rho is None:
+                continue
+            for seed in spec.seeds:
+                rid = Trial.from_dict({**template, "rho": float(rho), "seed": int(seed)}).run_id
+                if store.has(rid):
+                    rows.setdefault(rid, store.load_row(rid))
+                else:
+                    missing.append(rid)
+        if missing:
+            raise RuntimeError(f"ray engine: TPE search {name!r} has {len(missing)} run(s) without a result "
+                               f"(re-run to resume it): {', '.join(missing)}")
+        return list(rows.values())

@@ -1,0 +1,223 @@
+"""Engines: parity (local = optuna = ray), exactly-once resume, storage URLs, TPE, ASHA cost."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from hpo_bench.config import SearchConfig, SpecError, validate_spec
+from hpo_bench.engines import get_engine
+from hpo_bench.search import grid_trials, run_search, select
+from hpo_bench.storage_url import validate_storage_url
+from hpo_bench.store import ResultsStore
+
+from conftest import ROOT
+
+DATA_ROOT = str(ROOT / ".cache" / "data")
+METRICS = ["best_val_acc", "test_acc", "last_val_acc", "last_test_acc", "last_train_loss", "last_val_loss",
+           "last_test_loss", "best_epoch", "grad_evals", "fwd_evals", "epochs_done", "status"]
+
+
+def tiny_spec(engine="local", kind="grid", grid=(0.02, 0.2), seeds=(0, 1), epochs=2, **search):
+    raw = {"name": "engines", "seeds": list(seeds), "report": False,
+           "data": {"dataset": "mnist1d", "num_samples": 500, "data_root": DATA_ROOT},
+           "model": {"name": "mnist1d_mlp"},
+           "train": {"epochs": epochs, "batch_size": 50, "threads": 1, "device": "cpu"},
+           "methods": [{"label": "SAM", "strategy": "sam",
+                        "search": {"kind": kind, "engine": engine, "grid": list(grid), **search}}]}
+    return validate_spec(raw)
+
+
+def search_rows(engine, tmp_path, **kw):
+    spec = tiny_spec(engine, **kw)
+    store = ResultsStore(tmp_path / engine)
+    summary = run_search(spec, spec.methods[0], {}, store)[0]["summary"]
+    return store, store.consolidate(), summary
+
+
+def by_point(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs.set_index(["rho0", "seed"]).sort_index()[METRICS]
+
+
+# ----------------------------------------------------------------------------- parity
+
+def test_engine_parity_local_optuna_ray(tmp_path, ray_session):
+    _, local, s_local = search_rows("local", tmp_path)
+    _, opt, s_opt = search_rows("optuna", tmp_path, workers=2)  # two spawned worker processes
+    _, ray_runs, s_ray = search_rows("ray", tmp_path, workers=2)
+    for runs in (local, opt, ray_runs):
+        assert len(runs) == 4 and not runs.duplicated(["rho0", "seed"]).any()
+        assert (runs["status"] == "ok").all()
+    pd.testing.assert_frame_equal(by_point(local), by_point(opt))
+    pd.testing.assert_frame_equal(by_point(local), by_point(ray_runs))
+    assert s_local["rho_star"] == s_opt["rho_star"] == s_ray["rho_star"]
+    assert s_local["test_acc_mean"] == s_opt["test_acc_mean"] == s_ray["test_acc_mean"]
+    assert s_local["cost_grad_evals"] == s_opt["cost_grad_evals"] == s_ray["cost_grad_evals"]
+
+
+# ----------------------------------------------------------------------------- resume
+
+def test_optuna_grid_resumes_interrupted_study_exactly_once(tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    from hpo_bench.engines.optuna_engine import storage_for
+
+    spec = tiny_spec("optuna")
+    cfg = SearchConfig(**spec.methods[0].search)
+    trials = grid_trials(spec, spec.methods[0], {}, "grid/optuna")
+    store = ResultsStore(tmp_path / "run")
+
+    eng = get_engine("optuna", cfg, store.root)
+    drive = eng._drive
+    eng._drive = lambda job, n, progress=None: drive(job, 2, progress)  # the process "dies" after 2 trials
+    with pytest.raises(RuntimeError, match="no result"):
+        eng.run_trials(trials, store)
+    assert len(store.done_ids()) == 2
+    first = {rid: store.load_row(rid)["finished_at"] for rid in store.done_ids()}
+    study_name = optuna.get_all_study_names(storage_for("", store.root))[0]
+    study = optuna.load_study(study_name=study_name, storage=storage_for("", store.root))
+    study.ask()  # a worker popped a point and was SIGKILLed: the trial stays RUNNING forever
+
+    rows = get_engine("optuna", cfg, store.root).run_trials(trials, store)
+    runs = store.consolidate()
+    assert len(rows) == 4 and len(runs) == 4 and not runs.duplicated(["rho0", "seed"]).any()
+    assert all(store.load_row(rid)["finished_at"] == t for rid, t in first.items())  # not re-trained
+    study = optuna.load_study(study_name=study_name, storage=storage_for("", store.root))
+    complete = [t.user_attrs["run_id"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    assert sorted(complete) == sorted(t.run_id for t in trials)  # each point COMPLETE exactly once
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 1 and failed[0].user_attrs["reason"] == "interrupted"
+
+    # A third run trains nothing and adds no Optuna trial.
+    n = len(study.trials)
+    get_engine("optuna", cfg, store.root).run_trials(trials, store)
+    assert len(optuna.load_study(study_name=study_name, storage=storage_for("", store.root)).trials) == n
+    assert len(store.consolidate()) == 4
+
+
+def test_ray_grid_rerun_runs_only_missing_trials(tmp_path, ray_session):
+    spec = tiny_spec("ray", grid=(0.02, 0.2), seeds=(0, 1))
+    cfg = SearchConfig(**spec.methods[0].search)
+    trials = grid_trials(spec, spec.methods[0], {}, "grid/ray")
+    store = ResultsStore(tmp_path / "run")
+    get_engine("ray", cfg, store.root).run_trials(trials[:2], store)  # "killed" after two trials
+    first = {rid: store.load_row(rid)["finished_at"] for rid in store.done_ids()}
+    assert len(first) == 2
+    rows = get_engine("ray", cfg, store.root).run_trials(trials, store)
+    runs = store.consolidate()
+    assert len(rows) == 4 and len(runs) == 4 and not runs.duplicated(["rho0", "seed"]).any()
+    assert all(store.load_row(rid)["finished_at"] == t for rid, t in first.items())
+    experiments = sorted(p.name for p in (store.root / "ray").iterdir() if p.is_dir())
+    assert len(experiments) == 2  # the second experiment held only the two missing trials
+    get_engine("ray", cfg, store.root).run_trials(trials, store)  # nothing pending: no new experiment
+    assert len([p for p in (store.root / "ray").iterdir() if p.is_dir()]) == 2
+
+
+# ----------------------------------------------------------------------------- storage URLs
+
+@pytest.mark.parametrize("url", ["", "sqlite:///x.db", "sqlite:////abs/x.db", "postgresql://u@h/db",
+                                 "postgresql+psycopg2://u:p@h:5432/db", "mysql://u@h/db", "journal:///tmp/x"])
+def test_storage_url_good(url):
+    assert validate_storage_url(url, "methods[0].search.storage") == url
+
+
+@pytest.mark.parametrize("url", ["foo", "sqlite:/x", "http://x", "postgresql:///db", "journal://", "sqlite://"])
+def test_storage_url_bad(url):
+    with pytest.raises(SpecError) as err:
+        validate_storage_url(url, "methods[0].search.storage")
+    assert str(err.value).startswith("methods[0].search.storage: ")
+    assert "\n" not in str(err.value)
+
+
+def test_bad_storage_url_in_spec_names_the_field():
+    with pytest.raises(SpecError, match=r"^methods\[0\]\.search\.storage: "):
+        tiny_spec("optuna", storage="http://x")
+
+
+def test_optuna_sqlite_and_journal_urls(tmp_path):
+    spec = tiny_spec("optuna", grid=(0.05,), seeds=(0,), epochs=1)
+    for url in (f"sqlite:///{tmp_path}/s.db", f"journal://{tmp_path}/j.journal"):
+        cfg = SearchConfig(**{**spec.methods[0].search, "storage": url})
+        store = ResultsStore(tmp_path / url.split(":")[0])
+        rows = get_engine("optuna", cfg, store.root).run_trials(grid_trials(spec, spec.methods[0], {}, "t"), store)
+        assert len(rows) == 1 and rows[0]["status"] == "ok"
+    assert (tmp_path / "s.db").exists() and (tmp_path / "j.journal").exists()
+
+
+# ----------------------------------------------------------------------------- TPE
+
+def test_optuna_tpe_runs_n_trials_and_resumes(tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    from hpo_bench.engines.optuna_engine import storage_for
+
+    store = ResultsStore(tmp_path / "run")
+    spec = tiny_spec("optuna", kind="tpe", grid=(), seeds=(0,), epochs=1, n_trials=2, rho_min=0.01, rho_max=1.0)
+    summary = run_search(spec, spec.methods[0], {}, store)[0]["summary"]
+    assert summary["n_trials"] == 2 and 0.01 <= summary["rho_star"] <= 1.0
+    first = {rid: store.load_row(rid)["finished_at"] for rid in store.done_ids()}
+    assert len(first) == 2
+
+    spec3 = tiny_spec("optuna", kind="tpe", grid=(), seeds=(0,), epochs=1, n_trials=3, rho_min=0.01, rho_max=1.0)
+    summary = run_search(spec3, spec3.methods[0], {}, store)[0]["summary"]  # same study, one more point
+    assert summary["n_trials"] == 3 and len(store.done_ids()) == 3
+    assert all(store.load_row(rid)["finished_at"] == t for rid, t in first.items())
+    storage = storage_for("", store.root)
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+
+    run_search(spec3, spec3.methods[0], {}, store)  # complete: nothing new
+    assert len(study.trials) == len(optuna.load_study(study_name=study.study_name, storage=storage).trials)
+    assert len(store.consolidate()) == 3
+
+
+# ----------------------------------------------------------------------------- ASHA
+
+def test_ray_asha_rows_and_cost(tmp_path, ray_session):
+    spec = tiny_spec("ray", kind="asha", grid=(0.02, 0.05, 0.1, 1.0, 3.0, 10.0), seeds=(0,), epochs=4,
+                     workers=2, asha_grace=1, asha_reduction=3.0)
+    store = ResultsStore(tmp_path / "run")
+    summary = run_search(spec, spec.methods[0], {}, store)[0]["summary"]
+    runs = store.consolidate()
+    assert len(runs) == 6 and not runs.duplicated(["rho0", "seed"]).any()
+    assert set(runs["status"]) <= {"ok", "stopped"} and (runs["status"] == "ok").any()
+    assert summary["n_trials"] == 6
+    assert summary["cost_grad_evals"] == pytest.approx(runs["grad_evals"].sum())
+    full = runs.loc[runs["status"] == "ok", "grad_evals"].max()
+    stopped = runs[runs["status"] == "stopped"]
+    assert (stopped["grad_evals"] < full).all() and (stopped["epochs_done"] < 4).all()
+    assert len(stopped) >= 1  # the large-rho trials lose at the first rung (grid order: small rho first)
+    assert (stopped["grad_evals"] > 0).all() and stopped["best_val_acc"].isna().all()
+    assert select(runs)["rho_star"] in set(runs.loc[runs["status"] == "ok", "rho0"])
+
+
+def test_stopped_row_from_reported_epochs():
+    """The driver-side row of an ASHA-stopped trial: its epochs, its cost, never selectable."""
+    from hpo_bench.engines.ray_engine import stopped_row
+
+    spec = tiny_spec("ray", kind="asha", grid=(0.1,), seeds=(0,), epochs=4)
+    trial = grid_trials(spec, spec.methods[0], {}, "asha/ray")[0]
+    keys = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "rho",
+            "grad_evals", "wall_s"]
+    frame = pd.DataFrame([{**{k: float(i + 1) for k in keys}, "epoch": i + 1, "step": 8 * (i + 1),
+                           "grad_evals": 16 * (i + 1), "phase": "epoch", "cpu_s": 0.5 * (i + 1),
+                           "epoch_keys": ",".join(keys), "run_id": trial.run_id} for i in range(2)])
+    row, curves = stopped_row(trial, frame, "cpu")
+    assert row["status"] == "stopped" and row["epochs_done"] == 2 and row["grad_evals"] == 32
+    assert row["wall_s"] == 2.0 and row["device_s"] == 1.0 and math.isnan(row["best_val_acc"])
+    assert row["run_id"] == trial.run_id and set(curves["epoch"]) == {1, 2}
+
+
+def test_ray_tpe_runs_n_trials_and_rerun_trains_nothing(tmp_path, ray_session):
+    store = ResultsStore(tmp_path / "run")
+    spec = tiny_spec("ray", kind="tpe", grid=(), seeds=(0,), epochs=1, n_trials=2, rho_min=0.01, rho_max=1.0,
+                     workers=2)
+    summary = run_search(spec, spec.methods[0], {}, store)[0]["summary"]
+    assert summary["n_trials"] == 2 and len(store.done_ids()) == 2
+    first = {rid: store.load_row(rid)["finished_at"] for rid in store.done_ids()}
+    summary = run_search(spec, spec.methods[0], {}, store)[0]["summary"]  # restores the finished experiment
+    assert summary["n_trials"] == 2 and len(store.consolidate()) == 2
+    assert all(store.load_row(rid)["finished_at"] == t for rid, t in first.items())
