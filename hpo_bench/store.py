@@ -99,8 +99,8 @@ class ResultsStore:
     def consolidate(self) -> pd.DataFrame:
         """Rebuild runs.parquet and curves.parquet from trials/ (each run exactly once)."""
         ids = self.done_ids()
-        rows = [self.load_row(i) for i in ids]
-        runs = pd.DataFrame(rows)
+        rows = sorted((self.load_row(i) for i in ids), key=lambda r: (r.get("finished_at", 0.0), r["run_id"]))
+        runs = pd.DataFrame(rows)  # in completion order, i.e. the spec's order for a sequential run
         curves = [pd.read_parquet(self.trials / f"{i}.parquet") for i in ids if (self.trials / f"{i}.parquet").exists()]
         curves = [c for c in curves if len(c)]
         atomic_write_parquet(self.root / "runs.parquet", runs)
