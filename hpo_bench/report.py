@@ -963,12 +963,19 @@ def fig_trace(res, settings, entries, curves, styles, metric, ylabel, rolling: b
 
 
 def _anytime_segments(res, entries):
-    """Split anytime.parquet into one curve per search entry (it has no setting columns: the k-th curve of a
-    method, restarting at trial 1, belongs to that method's k-th searches.parquet row)."""
+    """Split anytime.parquet into one curve per search entry: by its setting columns, or (stores written
+    before those columns existed) the k-th curve of a method, restarting at trial 1, belongs to that
+    method's k-th searches.parquet row."""
     at = res.anytime
     if at.empty or not {"method", "trial", "cum_grad_evals", "test_acc"} <= set(at.columns):
         return []
     out = []
+    if res.setting_cols and set(res.setting_cols) <= set(at.columns):  # written with its setting columns
+        for (method, *values), c in at.groupby(["method", *res.setting_cols], sort=False):
+            key = _setting_key(dict(zip(res.setting_cols, values)), res.setting_cols)
+            e = next((e for e in entries if e.kind == "search" and e.method == method and e.setting == key), None)
+            out.append((e, method, c))
+        return out
     for method, g in at.groupby("method", sort=False):
         t = g["trial"].to_numpy()
         seg = np.cumsum(np.r_[True, t[1:] <= t[:-1]])  # a new curve starts where the trial count restarts
@@ -1085,7 +1092,7 @@ def _notes(res, settings, entries, skipped) -> list:
             notes.append(f"Best test accuracy{where}: {names} at {100 * best:.2f}%.")
     if not any(_sam_reference(entries, s) for s in settings):
         notes.append("No SAM run (strategy `sam`, no search): costs are not shown relative to SAM.")
-    if len(settings) > 1 and not res.anytime.empty:
+    if len(settings) > 1 and not res.anytime.empty and not set(res.setting_cols) <= set(res.anytime.columns):
         notes.append("anytime.parquet has no setting columns: its curves are matched to settings by order "
                      "(k-th curve of a search ↔ k-th row of that search in searches.parquet).")
     notes += res.notes

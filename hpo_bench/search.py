@@ -54,9 +54,9 @@ def anytime_curve(rows: pd.DataFrame, label: str) -> pd.DataFrame:
 
 
 def summarize(label: str, strategy: str, tag: str, setting: dict, rows: pd.DataFrame) -> dict:
-    summary = {"method": label, "strategy": strategy, "search": tag, **select(rows),
-               **{f"setting.{k}": v for k, v in setting.items()}}
-    return {"summary": summary, "anytime": anytime_curve(rows, label)}
+    settings = {f"setting.{k}": v for k, v in setting.items()}
+    summary = {"method": label, "strategy": strategy, "search": tag, **select(rows), **settings}
+    return {"summary": summary, "anytime": anytime_curve(rows, label).assign(**settings)}
 
 
 def run_search(spec, method, setting, store, device=None, progress=None) -> list[dict]:

@@ -322,3 +322,21 @@ def test_cli_report_and_bad_run_dirs(tmp_path, capsys):
         err_text = capsys.readouterr().err
         assert err_text.startswith("hpo-bench: error: RUN_DIR: ") and err_text.count("\n") == 1
     assert not (empty / "report.md").exists() and not (empty / "figures").exists()
+
+
+def test_anytime_curves_carry_their_setting(tmp_path):
+    from hpo_bench.cli import main as cli_main
+    from tests.conftest import ROOT
+
+    text = (ROOT / "experiments" / "tiny.toml").read_text().replace("epochs = 2", "epochs = 1")
+    text += '\n[vary]\n"data.label_noise" = [0.0, 0.5]\n\n[[methods]]\nlabel = "Grid"\nstrategy = "sam"\n' \
+            '[methods.search]\ngrid = [0.01, 0.1]\n'
+    spec = tmp_path / "s.toml"
+    spec.write_text(text)
+    assert cli_main(["run", str(spec), "--out", str(tmp_path / "o"), "--no-progress", "--no-report"]) == 0
+    (run_dir,) = [p for p in (tmp_path / "o").iterdir() if p.is_dir()]
+    anytime = pd.read_parquet(run_dir / "anytime.parquet")
+    assert sorted(anytime["setting.data.label_noise"].unique()) == [0.0, 0.5]
+    report = write_report(run_dir).read_text()
+    assert "matched to settings by order" not in report
+    assert (run_dir / "figures" / "anytime.png").stat().st_size > 0
