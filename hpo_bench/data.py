@@ -11,14 +11,14 @@
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+
+from hpo_bench.store import atomic_path
 
 DATASETS = ("cifar10", "cifar100", "mnist1d")
 CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -99,11 +99,8 @@ def _mnist1d_arrays(cfg) -> dict:
     d = make_dataset(args)
     arrays = {"x": d["x"].astype(np.float32), "y": d["y"].astype(np.int64),
               "x_test": d["x_test"].astype(np.float32), "y_test": d["y_test"].astype(np.int64)}
-    root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=root, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
-    os.replace(tmp, path)
     return arrays
 
 

@@ -72,14 +72,14 @@ def assert_store_consistent(run_dir: Path, expected: int):
     json.loads((run_dir / "metadata.json").read_text())
 
 
-def kill_and_resume(tmp_path, spec_text, expected_runs, kills=3, seed=0, marker="trials"):
+def kill_and_resume(tmp_path, spec_text, expected_runs, kills=3, seed=0, window=(2.0, 6.0)):
     """SIGKILL `hpo-bench run` at random moments `kills` times, then let it finish; check the store."""
     spec = write_spec(tmp_path, spec_text)
     out = tmp_path / "o"
     rng = random.Random(seed)
     for _ in range(kills):
         p = _cli(["run", str(spec), "--out", str(out), "--no-progress"], start_new_session=True)
-        time.sleep(rng.uniform(2.0, 6.0))
+        time.sleep(rng.uniform(*window))
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
     p = _cli(["run", str(spec), "--out", str(out), "--no-progress"])
@@ -94,3 +94,27 @@ def kill_and_resume(tmp_path, spec_text, expected_runs, kills=3, seed=0, marker=
 def test_sigkill_local_sweep_then_rerun_completes_each_run_once(tmp_path):
     text = TINY.replace("seeds = [0]", "seeds = [0, 1, 2]").replace("epochs = 2", "epochs = 4")
     kill_and_resume(tmp_path, text, expected_runs=9, kills=3, seed=1)
+
+
+def _search_spec(engine: str) -> str:
+    extra = "workers = 2\n" if engine == "ray" else ""
+    return (TINY.replace("seeds = [0]", "seeds = [0, 1]").replace("epochs = 2", "epochs = 3")
+            + f'\n[[methods]]\nlabel = "Grid {engine}"\nstrategy = "sam"\n[methods.search]\nkind = "grid"\n'
+              f'engine = "{engine}"\ngrid = [0.01, 0.02, 0.05, 0.1]\n{extra}')
+
+
+@pytest.mark.slow
+def test_sigkill_optuna_sweep_then_rerun_completes_each_run_once(tmp_path):
+    run_dir = kill_and_resume(tmp_path, _search_spec("optuna"), expected_runs=6 + 8, kills=3, seed=2)
+    import optuna
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal")))
+    (study,) = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=study.study_name, storage=storage).trials
+    complete = [t.user_attrs["run_id"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == len(set(complete)) == 8  # each grid point told COMPLETE exactly once
+
+
+@pytest.mark.slow
+def test_sigkill_ray_sweep_then_rerun_completes_each_run_once(tmp_path):
+    kill_and_resume(tmp_path, _search_spec("ray"), expected_runs=6 + 8, kills=3, seed=3, window=(5.0, 14.0))
