@@ -23,9 +23,9 @@ def global_norm(tensors) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(tensors))))
 
 
-def sam_direction(grads: list[torch.Tensor], rho: float = 1.0) -> list[torch.Tensor]:
-    """ρ·ε̂ = ρ·g / (‖g‖ + 1e-12) (ρ = 1: the unit direction ε̂)."""
-    scale = rho / (global_norm(grads) + EPS)
+def sam_direction(grads: list[torch.Tensor], rho: float = 1.0, norm: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """ρ·ε̂ = ρ·g / (‖g‖ + 1e-12) (ρ = 1: the unit direction ε̂); ``norm`` = ‖g‖ if already computed."""
+    scale = rho / ((global_norm(grads) if norm is None else norm) + EPS)
     return list(torch._foreach_mul(grads, scale))
 
 

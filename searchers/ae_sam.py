@@ -80,10 +80,10 @@ class AESAM(Strategy):
         self.policy = AEPolicy(self.params, trainer.total_steps)
 
     def perturbation(self, ctx, g):
-        s = float(global_norm(g)) ** 2
-        if not self.policy.decide(s, ctx.step):
+        norm = global_norm(g)
+        if not self.policy.decide(float(norm) ** 2, ctx.step):
             return None
-        return sam_direction(g, self.rho)
+        return sam_direction(g, self.rho, norm)
 
     def trace(self):
         return self.policy.trace()

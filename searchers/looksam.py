@@ -27,13 +27,15 @@ class _ReuseMixin:
 
     g_v = None
 
-    def _is_sam_step(self, ctx, g) -> bool:
+    def _is_sam_step(self, ctx, norm) -> bool:
+        """Whether this step is a SAM step, given ‖g‖."""
         raise NotImplementedError
 
     def perturbation(self, ctx, g):
-        if not self._is_sam_step(ctx, g):
+        norm = global_norm(g)
+        if not self._is_sam_step(ctx, norm):
             return None
-        return sam_direction(g, self.rho)
+        return sam_direction(g, self.rho, norm)
 
     def combine(self, ctx, g, g_hat):
         if g_hat is not None:
@@ -64,7 +66,7 @@ class LookSAM(_ReuseMixin, Strategy):
     def setup(self, trainer):
         self.n_steps = self.n_sam = 0
 
-    def _is_sam_step(self, ctx, g):
+    def _is_sam_step(self, ctx, norm):
         use = ctx.step % self.params.k == 0
         self.n_steps += 1
         self.n_sam += int(use)
@@ -90,8 +92,8 @@ class AELookSAM(_ReuseMixin, Strategy):
     def setup(self, trainer):
         self.policy = AEPolicy(self.params, trainer.total_steps)
 
-    def _is_sam_step(self, ctx, g):
-        return self.policy.decide(float(global_norm(g)) ** 2, ctx.step)
+    def _is_sam_step(self, ctx, norm):
+        return self.policy.decide(float(norm) ** 2, ctx.step)
 
     def trace(self):
         return self.policy.trace()
