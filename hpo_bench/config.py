@@ -88,7 +88,8 @@ class TrainConfig:
 
 @dataclass
 class SearchConfig:
-    kind: str = spec_field("grid", choices=["grid", "tpe", "asha"])
+    kind: str = spec_field("grid", choices=["grid", "tpe", "asha", "sweep"],
+                           doc="sweep: run the method's rho value(s) x seeds through the engine, no selection")
     engine: str = spec_field("local", choices=["local", "optuna", "ray"])
     grid: list = spec_field([], doc="rho values for kind='grid' / 'asha'")
     rho_min: float = spec_field(1e-3, lo=0.0, lo_open=True, doc="TPE log-uniform lower bound")
@@ -221,6 +222,8 @@ def validate_search(raw: dict, where: str) -> SearchConfig:
             raise SpecError(f"{where}.rho_min: {search.rho_min} must be < rho_max {search.rho_max}")
     if search.kind == "asha" and search.engine != "ray":
         raise SpecError(f"{where}.engine: kind 'asha' needs engine 'ray'; allowed: ray")
+    if search.kind == "sweep" and search.grid:
+        raise SpecError(f"{where}.grid: a sweep runs the method's rho values; allowed: no grid (set methods[].rho)")
     if search.batched and (search.kind != "grid" or search.engine != "local"):
         raise SpecError(f"{where}.batched: only for kind 'grid' with engine 'local'; allowed: false")
     if search.storage:
@@ -272,7 +275,7 @@ def validate_spec(raw: dict) -> ExperimentSpec:
         cls.validate_params(cls.Params(**mc.params), f"{where}.params")
         if mc.search is not None:
             search = validate_search(mc.search, f"{where}.search")
-            if isinstance(mc.rho, list):
+            if isinstance(mc.rho, list) and search.kind != "sweep":
                 raise SpecError(f"{where}.rho: a list of rho values cannot be combined with a search; allowed: one number")
             mc.search = dataclasses.asdict(search)
         methods.append(mc)

@@ -140,6 +140,19 @@ def method_trials(spec: ExperimentSpec, method: MethodConfig, setting: dict) -> 
     return [make_trial(spec, method, rho, seed, setting) for rho in rhos for seed in spec.seeds]
 
 
+def dispatch_sweep(spec, method, setting, store, device=None, progress=None) -> list[dict]:
+    """Run a plain method's trials (ρ values × seeds) through ``method.search.engine``, without selection.
+
+    The trials are exactly :func:`method_trials` (same run ids as a local run), so the rows are
+    ordinary runs of the method; only where they execute changes (e.g. Ray Tune on a cluster).
+    """
+    from hpo_bench.config import SearchConfig
+    from hpo_bench.engines import get_engine
+
+    cfg = SearchConfig(**method.search)
+    return get_engine(cfg.engine, cfg, store.root, device).run_trials(method_trials(spec, method, setting), store, progress)
+
+
 def run_experiment(spec: ExperimentSpec, store: ResultsStore, device: str | None = None, show_progress: bool = True):
     """Run every setting × method of ``spec`` into ``store`` (skipping done runs); return runs frame."""
     from hpo_bench.progress import RunProgress
@@ -149,6 +162,9 @@ def run_experiment(spec: ExperimentSpec, store: ResultsStore, device: str | None
     with RunProgress(enabled=show_progress) as progress:
         for setting, sspec in settings(spec):
             for method in sspec.methods:
+                if method.search is not None and method.search["kind"] == "sweep":
+                    dispatch_sweep(sspec, method, setting, store, device, progress)
+                    continue
                 if method.search is not None:
                     search_rows.extend(run_search(sspec, method, setting, store, device, progress))
                     continue

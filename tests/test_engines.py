@@ -221,3 +221,33 @@ def test_ray_tpe_runs_n_trials_and_rerun_trains_nothing(tmp_path, ray_session):
     summary = run_search(spec, spec.methods[0], {}, store)[0]["summary"]  # restores the finished experiment
     assert summary["n_trials"] == 2 and len(store.consolidate()) == 2
     assert all(store.load_row(rid)["finished_at"] == t for rid, t in first.items())
+
+
+def test_sweep_dispatches_a_learned_rho_method_through_ray(tmp_path, ray_session):
+    """Seeds × ρ₀ of LETS-SAM run as Ray Tune trials: plain rows (no selection), local run ids."""
+    from hpo_bench.config import validate_spec
+    from hpo_bench.experiment import method_trials, run_experiment
+    from hpo_bench.store import ResultsStore
+
+    raw = {"name": "sweep", "seeds": [0, 1], "data": {"num_samples": 500}, "model": {"name": "mnist1d_mlp"},
+           "train": {"epochs": 1, "batch_size": 50, "threads": 1},
+           "methods": [{"label": "LETS", "strategy": "lets-sam", "rho": [0.01, 0.5], "params": {"beta": 0.05},
+                        "search": {"kind": "sweep", "engine": "ray", "workers": 2}}]}
+    spec = validate_spec(raw)
+    store = ResultsStore(tmp_path)
+    runs = run_experiment(spec, store, show_progress=False)
+    expected = {t.run_id for t in method_trials(spec, spec.methods[0], {})}
+    assert set(runs["run_id"]) == expected and len(runs) == 4
+    assert (runs["search"] == "").all() and (runs["status"] == "ok").all()
+    assert (runs["rho_final"] != runs["rho0"]).all()  # ρ was learned inside the Ray trials
+    assert store.read_table("searches").empty
+
+
+def test_sweep_rejects_a_grid():
+    import pytest as _pytest
+
+    from hpo_bench.config import SpecError, validate_spec
+
+    raw = {"name": "s", "methods": [{"strategy": "sam", "search": {"kind": "sweep", "engine": "ray", "grid": [0.1]}}]}
+    with _pytest.raises(SpecError, match=r"methods\[0\]\.search\.grid"):
+        validate_spec(raw)
