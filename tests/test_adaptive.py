@@ -114,3 +114,23 @@ def test_samar_trajectory_within_bounds_and_traced():
     assert len(set(lams)) > 1  # with a zero dead band, λ moves
     ratios = [t["ratio_r"] for t in res.traces[1:]]
     assert all(r > 0 for r in ratios)
+
+
+def test_looksam_reuse_step_matches_the_paper_formula():
+    """On SAM steps g_v = ĝ − (ĝ·g/‖g‖²) g is stored; later steps use g + α(‖g‖/‖g_v‖) g_v (LookSAM Eq. 6–7)."""
+    from types import SimpleNamespace
+
+    from searchers.looksam import LookSAM, LookSAMParams
+
+    torch.manual_seed(0)
+    s = LookSAM(0.05, LookSAMParams(k=2, alpha=0.7))
+    s.setup(None)
+    g, g_hat, g2 = ([torch.randn(3, 2, dtype=torch.float64), torch.randn(4, dtype=torch.float64)] for _ in range(3))
+    flat = lambda ts: torch.cat([t.flatten() for t in ts])
+    ctx = SimpleNamespace(step=0)
+    assert s.combine(ctx, g, g_hat) is g_hat  # SAM step: the update is ĝ
+    G, Gh, G2 = flat(g), flat(g_hat), flat(g2)
+    gv = Gh - (Gh @ G) / (G @ G) * G
+    assert abs(float(gv @ G)) < 1e-12  # orthogonal to g
+    expected = G2 + 0.7 * G2.norm() / gv.norm() * gv
+    torch.testing.assert_close(flat(s.combine(SimpleNamespace(step=1), g2, None)), expected, rtol=1e-10, atol=1e-12)

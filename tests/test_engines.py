@@ -251,3 +251,16 @@ def test_sweep_rejects_a_grid():
     raw = {"name": "s", "methods": [{"strategy": "sam", "search": {"kind": "sweep", "engine": "ray", "grid": [0.1]}}]}
     with _pytest.raises(SpecError, match=r"methods\[0\]\.search\.grid"):
         validate_spec(raw)
+
+
+def test_ray_started_by_a_search_is_shut_down_when_it_ends(tmp_path):
+    """An idle Ray cluster must not outlive its search (it would take CPU from the next method)."""
+    import subprocess
+    import sys
+
+    code = ("import ray\nfrom hpo_bench.engines.ray_engine import ensure_ray, ray_scope\n"
+            "from types import SimpleNamespace\n"
+            "with ray_scope():\n    ensure_ray(SimpleNamespace(address=''))\n    assert ray.is_initialized()\n"
+            "assert not ray.is_initialized()\nprint('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

@@ -56,6 +56,7 @@ import hashlib
 import math
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from hpo_bench.experiment import Trial, execute_trial, make_trial, result_curves, result_row
@@ -88,10 +89,30 @@ def ensure_ray(search_cfg) -> None:
 
 
 def _shutdown_own_ray():
+    global _STARTED_RAY
     import ray
 
     if _STARTED_RAY and ray.is_initialized():
         ray.shutdown()
+    _STARTED_RAY = False
+
+
+@contextmanager
+def ray_scope():
+    """Shut down, at the end of the block, a Ray instance that the block itself started.
+
+    An idle local Ray cluster (GCS, raylet, pooled workers) takes CPU from whatever the experiment
+    runs next, so it must not outlive its search; a Ray instance that was already running (a
+    cluster joined with ``address``, a test session's) is left alone.
+    """
+    import ray
+
+    was_running = ray.is_initialized()
+    try:
+        yield
+    finally:
+        if not was_running:
+            _shutdown_own_ray()
 
 
 def _slug(label: str) -> str:
@@ -265,7 +286,8 @@ class RayEngine:
 
     # -- grid / ASHA -----------------------------------------------------------------------------
     def run_trials(self, trials: list[Trial], store, progress=None) -> list[dict]:
-        return self._run_set(trials, store, scheduler_kind="grid")
+        with ray_scope():
+            return self._run_set(trials, store, scheduler_kind="grid")
 
     def _run_set(self, trials: list[Trial], store, scheduler_kind: str) -> list[dict]:
         from ray import tune
@@ -328,6 +350,10 @@ class RayEngine:
 
     # -- TPE / ASHA ------------------------------------------------------------------------------
     def run_adaptive(self, spec, method, setting, tag, store, progress=None) -> list[dict]:
+        with ray_scope():
+            return self._run_adaptive(spec, method, setting, tag, store)
+
+    def _run_adaptive(self, spec, method, setting, tag, store) -> list[dict]:
         if self.cfg.kind == "asha":
             from hpo_bench.search import grid_trials
 
