@@ -63,8 +63,6 @@ from hpo_bench.experiment import Trial, execute_trial, make_trial, result_curves
 
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-# Tune's CSV/JSON/TensorBoard loggers write on every report; the results store already keeps everything.
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 _STARTED_RAY = False
 
