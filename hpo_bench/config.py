@@ -113,6 +113,7 @@ class MethodConfig:
     rho: Any = spec_field(0.05, doc="perturbation radius, or initial radius rho_0; a list runs one per value")
     params: dict = spec_field({})
     search: dict | None = spec_field(None)
+    rho_from: str = spec_field("", doc="label of an earlier search method: run at its selected rho* (per setting)")
 
 
 @dataclass
@@ -273,6 +274,13 @@ def validate_spec(raw: dict) -> ExperimentSpec:
         cls = get_strategy_class(mc.strategy)
         mc.params = dataclasses.asdict(build_dataclass(cls.Params, mc.params, f"{where}.params"))
         cls.validate_params(cls.Params(**mc.params), f"{where}.params")
+        if mc.rho_from:
+            searched = [m.label for m in methods if m.search is not None and m.search["kind"] != "sweep"]
+            if mc.rho_from not in searched:
+                raise SpecError(f"{where}.rho_from: {mc.rho_from!r} is not an earlier search method; allowed: "
+                                f"{', '.join(map(repr, searched)) or 'none (add a [methods.search] method before it)'}")
+            if mc.search is not None or isinstance(mc.rho, list):
+                raise SpecError(f"{where}.rho_from: cannot be combined with a search or a rho list; allowed: one of them")
         if mc.search is not None:
             search = validate_search(mc.search, f"{where}.search")
             if isinstance(mc.rho, list) and search.kind != "sweep":

@@ -161,12 +161,17 @@ def run_experiment(spec: ExperimentSpec, store: ResultsStore, device: str | None
     search_rows = []
     with RunProgress(enabled=show_progress) as progress:
         for setting, sspec in settings(spec):
+            rho_star = {}
             for method in sspec.methods:
+                if method.rho_from:  # run at the ρ* an earlier search selected in this setting
+                    method = dataclasses.replace(method, rho=rho_star[method.rho_from])
                 if method.search is not None and method.search["kind"] == "sweep":
                     dispatch_sweep(sspec, method, setting, store, device, progress)
                     continue
                 if method.search is not None:
-                    search_rows.extend(run_search(sspec, method, setting, store, device, progress))
+                    found = run_search(sspec, method, setting, store, device, progress)
+                    rho_star[method.label] = found[0]["summary"]["rho_star"]
+                    search_rows.extend(found)
                     continue
                 for trial in method_trials(sspec, method, setting):
                     progress.start(trial)

@@ -163,3 +163,21 @@ def test_missing_spec_file_and_wrong_suffix(tmp_path, capsys):
 
 def test_bad_input_count_meets_issue_minimum():
     assert len(BAD) + 2 >= 25
+
+
+def test_rho_from_runs_a_method_at_an_earlier_search_rho_star(tmp_path, capsys):
+    text = TINY_TEXT + ('\n[[methods]]\nlabel = "Grid"\nstrategy = "sam"\n[methods.search]\ngrid = [0.01, 0.3]\n'
+                        '\n[[methods]]\nlabel = "AE-SAM at rho*"\nstrategy = "ae-sam"\nrho_from = "Grid"\n')
+    spec = _spec(tmp_path, text)
+    code, _, _ = run_cli(["run", spec, "--out", str(tmp_path / "o"), "--no-progress", "--no-report"], capsys)
+    assert code == 0
+    run_dir = only_dir(tmp_path / "o")
+    star = pd.read_parquet(run_dir / "searches.parquet").set_index("method").loc["Grid", "rho_star"]
+    runs = pd.read_parquet(run_dir / "runs.parquet").set_index("method")
+    assert runs.loc["AE-SAM at rho*", "rho0"] == star
+
+
+def test_rho_from_must_name_an_earlier_search(tmp_path, capsys):
+    spec = _spec(tmp_path, TINY_TEXT + '\n[[methods]]\nlabel = "X"\nstrategy = "ae-sam"\nrho_from = "SAM"\n')
+    code, _, err = run_cli(["run", spec, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "methods[3].rho_from" in err and not (tmp_path / "o").exists()
