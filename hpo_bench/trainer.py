@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from hpo_bench.data import DataBundle
 from hpo_bench.ledger import Ledger

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import hpo_bench.data as data_mod
 from hpo_bench.config import DataConfig
 from hpo_bench.data import apply_label_noise, load_data, random_crop_flip, split_train_val
 

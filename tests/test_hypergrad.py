@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hpo_bench.hypergrad import SGDConfig, UnrollState, capture_state, hypergrad_func, hypergrad_higher
+from hpo_bench.hypergrad import SGDConfig, capture_state, hypergrad_func, hypergrad_higher
 from hpo_bench.models import create_model
 from hpo_bench.trainer import StepContext, Trainer, lr_at
 from searchers import create_strategy
