@@ -52,24 +52,14 @@ def parse_contender(text: str) -> tuple[str, dict]:
 
 
 def time_trainer(data, strategy: str, params: dict | None, rho: float, epochs: int, device) -> float:
-    """Seconds for ``epochs`` epochs of the trainer's own step loop (no evaluation)."""
+    """Seconds for ``epochs`` epochs of the trainer's own epoch loop (``Trainer.train_epoch``; no evaluation)."""
     tr = Trainer(data, "mnist1d_cnn", train_cfg(epochs, device.type), create_strategy(strategy, rho, params), 0, device)
     tr.strategy.setup(tr)
-    ctx = StepContext(tr)
-    gen = torch.Generator().manual_seed(0)
+    ctx, traces = StepContext(tr), []
     sync(device)
     t0 = time.perf_counter()
-    for _ in range(epochs):
-        perm = torch.randperm(tr.n_train, generator=gen).to(device)
-        for b in range(tr.steps_per_epoch):
-            idx = perm[b * 100:(b + 1) * 100]
-            ctx.x, ctx.y = tr.data.train_x[idx], tr.data.train_y[idx]
-            ctx.lr = lr_at(ctx.step, tr.total_steps, tr.cfg.lr, "cosine")
-            for g in tr.optimizer.param_groups:
-                g["lr"] = ctx.lr
-            loss = tr.train_step(ctx)
-            tr._check_limits(ctx, loss)
-            ctx.step += 1
+    for epoch in range(epochs):
+        tr.train_epoch(ctx, epoch, traces)
     sync(device)
     SUMMARIES[strategy if not params else f"{strategy}:{params}"] = tr.strategy.summary()
     return time.perf_counter() - t0

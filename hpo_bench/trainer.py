@@ -254,6 +254,28 @@ class Trainer:
         strategy.after_update(ctx)
         return loss
 
+    def train_epoch(self, ctx: StepContext, epoch: int, traces: list) -> None:
+        """One epoch of training steps (no evaluation); per-step strategy traces go to ``traces``."""
+        cfg = self.cfg
+        ctx.epoch = epoch
+        perm = torch.randperm(self.n_train, generator=self.train_gen).to(self.device)
+        for b in range(self.steps_per_epoch):
+            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            ctx.x = self._prep(self.data.train_x[idx], train=True, gen=self.aug_gen)
+            ctx.y = self.data.train_y[idx]
+            ctx.lr = lr_at(ctx.step, self.total_steps, cfg.lr, cfg.schedule)
+            for group in self.optimizer.param_groups:
+                group["lr"] = ctx.lr
+            loss = self.train_step(ctx)
+            self._check_limits(ctx, loss)
+            if ctx.step % cfg.trace_every == 0:
+                tr = self.strategy.trace()
+                if tr:
+                    traces.append({"step": ctx.step, "epoch": epoch, **tr})
+            ctx.step += 1
+            if self.progress is not None:
+                self.progress.update(1)
+
     def fit(self) -> RunResult:
         cfg, result = self.cfg, RunResult()
         ctx = StepContext(self)
@@ -264,24 +286,7 @@ class Trainer:
             self.progress.reset(total=self.total_steps)
         try:
             for epoch in range(cfg.epochs):
-                ctx.epoch = epoch
-                perm = torch.randperm(self.n_train, generator=self.train_gen).to(self.device)
-                for b in range(self.steps_per_epoch):
-                    idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                    ctx.x = self._prep(self.data.train_x[idx], train=True, gen=self.aug_gen)
-                    ctx.y = self.data.train_y[idx]
-                    ctx.lr = lr_at(ctx.step, self.total_steps, cfg.lr, cfg.schedule)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = ctx.lr
-                    loss = self.train_step(ctx)
-                    self._check_limits(ctx, loss)
-                    if ctx.step % cfg.trace_every == 0:
-                        tr = self.strategy.trace()
-                        if tr:
-                            result.traces.append({"step": ctx.step, "epoch": epoch, **tr})
-                    ctx.step += 1
-                    if self.progress is not None:
-                        self.progress.update(1)
+                self.train_epoch(ctx, epoch, result.traces)
                 if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                     row = self._epoch_row(ctx, epoch)
                     result.epochs.append(row)
