@@ -47,10 +47,12 @@ def cmd_run(args) -> int:
     spec = load_spec(args.spec, overrides)
     out = Path(args.out)
     check_out_dir(out)
-    from hpo_bench.experiment import trial_data, make_trial
+    import dataclasses
 
-    for setting, sspec in settings(spec):  # load (and validate) every data set before writing anything
-        trial_data(make_trial(sspec, sspec.methods[0], 1.0, sspec.seeds[0], setting))
+    from hpo_bench.experiment import data_for
+
+    for _, sspec in settings(spec):  # load (and validate) every data set before writing anything
+        data_for(dataclasses.asdict(sspec.data))
     from hpo_bench.experiment import run_experiment
     from hpo_bench.store import ResultsStore
     from hpo_bench.summary import summary_table

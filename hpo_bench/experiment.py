@@ -60,8 +60,13 @@ def _cached_data(data_json: str):
     return load_data(DataConfig(**json.loads(data_json)))
 
 
+def data_for(data_cfg: dict):
+    """The (cached) data bundle of a data config given as a dict; raises ValueError naming the field."""
+    return _cached_data(json.dumps(data_cfg, sort_keys=True))
+
+
 def trial_data(trial: Trial):
-    return _cached_data(json.dumps(trial.data, sort_keys=True))
+    return data_for(trial.data)
 
 
 def run_trial(trial: Trial, device: str | None = None, on_epoch=None, progress=None) -> tuple[dict, pd.DataFrame]:
