@@ -115,6 +115,35 @@ def test_ray_grid_rerun_runs_only_missing_trials(tmp_path, ray_session):
     assert len([p for p in (store.root / "ray").iterdir() if p.is_dir()]) == 2
 
 
+def test_ray_grid_reports_every_epoch_in_batches(tmp_path, ray_session, monkeypatch):
+    """Buffered reporting loses no epoch; Tune's env knobs are set only during fit()."""
+    import json
+    import os
+
+    from hpo_bench.engines import ray_engine
+
+    monkeypatch.delenv("TUNE_RESULT_BUFFER_LENGTH", raising=False)
+    seen = []
+    real_tune_env = ray_engine.tune_env
+
+    def spy(buffered):
+        seen.append(buffered)
+        return real_tune_env(buffered)
+
+    monkeypatch.setattr(ray_engine, "tune_env", spy)
+    spec = tiny_spec("ray", grid=(0.05,), seeds=(0,), epochs=4)
+    trials = grid_trials(spec, spec.methods[0], {}, "grid/ray")
+    store = ResultsStore(tmp_path / "run")
+    get_engine("ray", SearchConfig(**spec.methods[0].search), store.root).run_trials(trials, store)
+    assert seen == [True] and "TUNE_RESULT_BUFFER_LENGTH" not in os.environ
+    results = list((store.root / "ray").rglob("result.json"))
+    assert len(results) == 1 and not list((store.root / "ray").rglob("events.out.tfevents*"))
+    reports = [json.loads(line) for line in results[0].read_text().splitlines() if line.strip()]
+    assert [r["phase"] for r in reports] == ["epoch"] * 3 + ["final"]
+    assert [r["epoch"] for r in reports[:3]] == [1, 2, 3]
+    assert reports[-1]["grad_evals"] == store.load_row(trials[0].run_id)["grad_evals"]
+
+
 # ----------------------------------------------------------------------------- storage URLs
 
 @pytest.mark.parametrize("url", ["", "sqlite:///x.db", "sqlite:////abs/x.db", "postgresql://u@h/db",

@@ -22,6 +22,8 @@ Reporting
     cumulative, ...})`` from ``run_trial``'s ``on_epoch`` callback; after the row is written a
     final report carries the last epoch's values. So a scheduler decision can never interrupt a
     run between its last epoch and the write of its row.
+    Grid trials hand their reports over in batches (:func:`tune_env`), so a trial never waits
+    for the driver between epochs; the reports themselves, and so ``result.json``, are the same.
 
 ASHA (``kind = "asha"``)
     ``ASHAScheduler(time_attr="grad_evals", metric="val_acc", mode="max")`` over grid x seeds.
@@ -93,6 +95,34 @@ def _shutdown_own_ray():
     if _STARTED_RAY and ray.is_initialized():
         ray.shutdown()
     _STARTED_RAY = False
+
+
+@contextmanager
+def tune_env(buffered: bool):
+    """Tune settings of one ``fit()``, read from the environment when it starts; restored after.
+
+    ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1``: only the JSON and CSV loggers passed in
+    :meth:`RayEngine._run_config` run (``Result.metrics_dataframe`` reads ``result.json``); the
+    TensorBoard logger Tune would add writes an event file per report from the driver, which on a
+    2-core machine competes with the trials. ``buffered`` (grid trials, FIFO scheduling):
+    ``TUNE_RESULT_BUFFER_LENGTH``/``..._MIN_TIME_S`` let a trial hand over its per-epoch reports
+    in batches (``Trainable.train_buffered``) instead of waiting at every ``tune.report`` for the
+    driver to ask for the next result. Not for ASHA/TPE, whose decisions need each report when
+    it happens.
+    """
+    env = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+    if buffered:
+        env.update(TUNE_RESULT_BUFFER_LENGTH="1000", TUNE_RESULT_BUFFER_MIN_TIME_S="5")
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @contextmanager
@@ -278,8 +308,10 @@ class RayEngine:
 
     def _run_config(self, name: str):
         from ray import tune
+        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
         return tune.RunConfig(storage_path=str(self.ray_dir), name=name, verbose=0,
+                              callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
                               failure_config=tune.FailureConfig(max_failures=2))
 
     # -- grid / ASHA -----------------------------------------------------------------------------
@@ -308,7 +340,8 @@ class RayEngine:
                 tuner = tune.Tuner(trainable, param_space={"run_id": tune.grid_search(pending)},
                                    tune_config=self._tune_config(trials, scheduler_kind),
                                    run_config=self._run_config(name))
-            grid = tuner.fit()
+            with tune_env(buffered=scheduler_kind == "grid"):
+                grid = tuner.fit()
             self._record_stopped(grid, by_id, store)
         store.consolidate()
         missing = [rid for rid in by_id if not store.has(rid)]
@@ -386,7 +419,8 @@ class RayEngine:
             tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
                 search_alg=searcher, num_samples=self.cfg.n_trials, max_concurrent_trials=self.cfg.workers,
                 reuse_actors=True), run_config=self._run_config(name))
-        grid = tuner.fit()
+        with tune_env(buffered=False):
+            grid = tuner.fit()
         store.consolidate()
         rows, missing = {}, []
         for i in range(len(grid)):
