@@ -4,6 +4,8 @@ Prints the wall time of both, measured side by side in one run (same trials, fre
 stores so nothing is skipped), their ratio (target >= 2x on CPU), and the largest differences of
 the per-rho final losses (target <= 1e-5) and accuracies (a flipped prediction shows as 1/n) between
 the two: the vectorized kernels sum in another order, and SGD amplifies last-bit differences.
+The same comparison is then repeated with ``train.dtype = "float64"``, where rounding is ~1e-16:
+its loss difference shows whether the batched arithmetic is the separate runs' arithmetic.
 Usage: ``python benchmarks/bench_batched_grid.py [--epochs 3] [--points 8] [--device cpu]``.
 """
 from __future__ import annotations
@@ -27,15 +29,10 @@ LOSSES = ["last_train_loss", "last_val_loss", "last_test_loss"]
 ACCS = ["best_val_acc", "test_acc", "last_val_acc", "last_test_acc"]
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--points", type=int, default=8)
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    args = ap.parse_args(argv)
-    grid = [float(r) for r in np.geomspace(0.01, 1.0, args.points)]
+def compare(grid, epochs: int, device: str, dtype: str):
+    """(sequential s, batched s, max |final loss diff|, max |accuracy diff|) of one grid in ``dtype``."""
     spec = validate_spec({"name": "bench", "seeds": [0], "model": {"name": "mnist1d_cnn"},
-                          "train": {"epochs": args.epochs, "batch_size": 100, "device": args.device},
+                          "train": {"epochs": epochs, "batch_size": 100, "device": device, "dtype": dtype},
                           "methods": [{"label": "G", "strategy": "sam",
                                        "search": {"kind": "grid", "engine": "local", "grid": grid, "batched": True}}]})
     trials = grid_trials(spec, spec.methods[0], {}, "grid/local")
@@ -49,13 +46,26 @@ def main(argv=None) -> int:
         t_bat = time.perf_counter() - t0
     loss_diff = float((bat[LOSSES] - seq.loc[bat.index, LOSSES]).abs().max().max())
     acc_diff = float((bat[ACCS] - seq.loc[bat.index, ACCS]).abs().max().max())
+    return t_seq, t_bat, loss_diff, acc_diff
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--points", type=int, default=8)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--no-float64", action="store_true", help="skip the float64 parity run")
+    args = ap.parse_args(argv)
+    grid = [float(r) for r in np.geomspace(0.01, 1.0, args.points)]
     print(f"# {args.points}-point SAM grid, MNIST-1D CNN, {args.epochs} epochs, device={args.device}, "
           f"torch threads={torch.get_num_threads()}, torch {torch.__version__}")
-    print(f"sequential (one trainer run per rho): {t_seq:7.2f} s")
-    print(f"batched (vmap over the {args.points} points) : {t_bat:7.2f} s")
-    print(f"speed-up sequential / batched      : {t_seq / t_bat:.2f}x   (target >= 2x)")
-    print(f"max |final loss difference|        : {loss_diff:.2e}   (target <= 1e-5)")
-    print(f"max |accuracy difference|          : {acc_diff:.2e}   (1 prediction = 1/400 val, 1/1000 test)")
+    for dtype in ("float32",) if args.no_float64 else ("float32", "float64"):
+        t_seq, t_bat, loss_diff, acc_diff = compare(grid, args.epochs, args.device, dtype)
+        print(f"[{dtype}] sequential (one trainer run per rho): {t_seq:7.2f} s")
+        print(f"[{dtype}] batched (vmap over the {args.points} points) : {t_bat:7.2f} s")
+        print(f"[{dtype}] speed-up sequential / batched      : {t_seq / t_bat:.2f}x   (target >= 2x, float32)")
+        print(f"[{dtype}] max |final loss difference|        : {loss_diff:.2e}   (target <= 1e-5)")
+        print(f"[{dtype}] max |accuracy difference|          : {acc_diff:.2e}   (1 prediction = 1/400 val, 1/1000 test)")
     return 0
 
 

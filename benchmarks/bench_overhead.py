@@ -6,9 +6,13 @@ Prints, for the MNIST-1D CNN on this machine (CPU unless --device cuda):
   * LETS step / SAM step (target <= 2.05), its 3-pass reuse variant / SAM (target <= 1.55), AE-SAM / SAM
     (compare with (1 + fraction of SAM steps)/2, printed from the AE-SAM run itself)
 
-Method: the contenders run interleaved (A B A B ...) ``--repeats`` times on identical data and
-initial weights; each timing covers ``--epochs`` training epochs (no evaluation); the median
-is reported. Usage: ``python benchmarks/bench_overhead.py [--epochs 3] [--repeats 5]``.
+Method: every contender is built once (same data, same initial weights) and trains one epoch
+(36 steps, no evaluation) per round, in turn (A B C ... A B C ...), for ``--rounds`` rounds.
+Each ratio is taken within a round, between epochs that ran a fraction of a second apart, and
+the median over rounds is printed, for wall time and for the process's CPU time. On a shared
+2-vCPU VM the speed of the machine drifts by tens of percent over seconds; fine interleaving
+cancels the drift that whole-run timings (A A A ... B B B) pick up.
+Usage: ``python benchmarks/bench_overhead.py [--rounds 15] [--threads 1]``.
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-SUMMARIES: dict[str, dict] = {}  # the strategy summary of the last timed run of each contender
+SUMMARIES: dict[str, list] = {}  # each contender's strategy summary after each of its epochs
 
 
 def parse_contender(text: str) -> tuple[str, dict]:
@@ -51,22 +55,30 @@ def parse_contender(text: str) -> tuple[str, dict]:
     return name, params
 
 
-def time_trainer(data, strategy: str, params: dict | None, rho: float, epochs: int, device) -> float:
-    """Seconds for ``epochs`` epochs of the trainer's own epoch loop (``Trainer.train_epoch``; no evaluation)."""
+def timed(fn):
+    """(wall s, process CPU s) of ``fn()``."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def trainer_epochs(data, strategy: str, params: dict | None, rho: float, epochs: int, device):
+    """A function that runs the next epoch of the trainer's own loop (``Trainer.train_epoch``)."""
     tr = Trainer(data, "mnist1d_cnn", train_cfg(epochs, device.type), create_strategy(strategy, rho, params), 0, device)
     tr.strategy.setup(tr)
     ctx, traces = StepContext(tr), []
-    sync(device)
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
-        tr.train_epoch(ctx, epoch, traces)
-    sync(device)
-    SUMMARIES[strategy if not params else f"{strategy}:{params}"] = tr.strategy.summary()
-    return time.perf_counter() - t0
+    key = strategy if not params else f"{strategy}:{params}"
+
+    def run():
+        tr.train_epoch(ctx, ctx.step // tr.steps_per_epoch, traces)
+        sync(device)
+        SUMMARIES.setdefault(key, []).append(tr.strategy.summary())
+
+    return run
 
 
-def time_hand_loop(data, epochs: int, device) -> float:
-    """The minimal PyTorch loop: same model, data, SGD(momentum, wd), cosine lr, batch 100."""
+def hand_loop_epochs(data, epochs: int, device):
+    """The minimal PyTorch loop (same model, data, SGD(momentum, wd), cosine lr, batch 100), an epoch a call."""
     torch.manual_seed(0)
     model = create_model("mnist1d_cnn", data.num_classes, data.input_shape).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -75,10 +87,10 @@ def time_hand_loop(data, epochs: int, device) -> float:
     steps = (n + 99) // 100
     total = steps * epochs
     gen = torch.Generator().manual_seed(0)
-    step = 0
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(epochs):
+    state = {"step": 0}
+
+    def run():
+        step = state["step"]
         perm = torch.randperm(n, generator=gen).to(device)
         for b in range(steps):
             idx = perm[b * 100:(b + 1) * 100]
@@ -89,46 +101,64 @@ def time_hand_loop(data, epochs: int, device) -> float:
             loss.backward()
             opt.step()
             step += 1
-    sync(device)
-    return time.perf_counter() - t0
+        state["step"] = step
+        sync(device)
+
+    return run
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=15, help="epochs per contender, interleaved")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--vs-sam", nargs="*", default=["lets-sam", "lets-sam:reuse_next_grad=true", "ae-sam"],
                     help="strategies timed against SAM, NAME[:key=value,...]")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     data = load_data(DataConfig()).to(device)
-    contenders = {"hand": lambda: time_hand_loop(data, args.epochs, device),
-                  "erm": lambda: time_trainer(data, "erm", None, 0.05, args.epochs, device),
-                  "sam": lambda: time_trainer(data, "sam", None, 0.05, args.epochs, device)}
+    epochs = args.rounds + 1
+    contenders = {"hand": hand_loop_epochs(data, epochs, device),
+                  "erm": trainer_epochs(data, "erm", None, 0.05, epochs, device),
+                  "sam": trainer_epochs(data, "sam", None, 0.05, epochs, device)}
     for name in args.vs_sam:
-        contenders[name] = (lambda n=name: time_trainer(data, *parse_contender(n), 0.05, args.epochs, device))
-    for fn in contenders.values():  # warm-up
+        contenders[name] = trainer_epochs(data, *parse_contender(name), 0.05, epochs, device)
+    for fn in contenders.values():  # warm-up: the first epoch is not timed
         fn()
-    times = {k: [] for k in contenders}
-    for _ in range(args.repeats):
-        for k, fn in contenders.items():
-            times[k].append(fn())
-    med = {k: statistics.median(v) for k, v in times.items()}
-    steps = ((len(data.train_y) + 99) // 100) * args.epochs
-    print(f"# MNIST-1D CNN, batch 100, {args.epochs} epochs = {steps} steps, {args.repeats} interleaved repeats, "
+    rounds = [{k: timed(fn) for k, fn in contenders.items()} for _ in range(args.rounds)]
+    steps = (len(data.train_y) + 99) // 100
+    clocks = ("wall", "cpu") if device.type == "cpu" else ("wall",)
+
+    def ratio(a: str, b: str, clock: int) -> float:
+        """Median over rounds of time(a)/time(b) measured in the same round."""
+        return statistics.median(r[a][clock] / r[b][clock] for r in rounds)
+
+    def line(label: str, a: str, b: str, note: str) -> None:
+        vals = "   ".join(f"{c} {ratio(a, b, i):.3f}" for i, c in enumerate(clocks))
+        print(f"ratio {label:<34}: {vals}   ({note})")
+
+    print(f"# MNIST-1D CNN, batch 100, {args.rounds} interleaved rounds of one epoch ({steps} steps) each, "
           f"device={device.type}, torch threads={torch.get_num_threads()}, torch {torch.__version__}")
-    for k, v in med.items():
-        print(f"{k:<12} median {v:7.3f} s   ({1000 * v / steps:6.2f} ms/step)")
-    print(f"ratio trainer-ERM / hand loop : {med['erm'] / med['hand']:.3f}   (target <= 1.05; limit 1.0)")
-    print(f"ratio SAM / ERM step           : {med['sam'] / med['erm']:.3f}   (target <= 2.05; limit 2.0)")
-    frac = SUMMARIES.get("ae-sam", {}).get("sam_fraction")
-    if frac is not None:
-        print(f"AE-SAM fraction of SAM steps: {frac:.3f} -> expected AE-SAM/SAM = (1 + f)/2 = {(1 + frac) / 2:.3f}")
+    for k in contenders:
+        w = statistics.median(r[k][0] for r in rounds)
+        c = statistics.median(r[k][1] for r in rounds)
+        print(f"{k:<30} median epoch: wall {w:6.3f} s ({1000 * w / steps:5.2f} ms/step)   cpu {c:6.3f} s")
+    line("trainer-ERM / hand loop", "erm", "hand", "target <= 1.05; limit 1.0")
+    line("SAM / ERM step", "sam", "erm", "target <= 2.05; limit 2.0")
     targets = {"lets-sam": "target <= 2.05; limit 2.0 (4 vs 2 passes)",
                "lets-sam:reuse_next_grad=true": "target <= 1.55; limit 1.5 (3 vs 2 passes)"}
     for name in args.vs_sam:
-        print(f"ratio {name} / SAM step: {med[name] / med['sam']:.3f}   ({targets.get(name, 'see RESULTS.md')})")
+        line(f"{name} / SAM step", name, "sam", targets.get(name, "see below"))
+    if "ae-sam" in contenders:
+        # fraction of SAM steps within each timed epoch, from the cumulative fractions
+        cum = [sm["sam_fraction"] * steps * (e + 1) for e, sm in enumerate(SUMMARIES["ae-sam"])]
+        frac = [(b - a) / steps for a, b in zip(cum, cum[1:])]
+        for i, c in enumerate(clocks):
+            gap = statistics.median(r["ae-sam"][i] / r["sam"][i] - (1 + f) / 2 for r, f in zip(rounds, frac))
+            print(f"AE-SAM ({c}): median over rounds of [AE-SAM/SAM - (1 + f)/2] = {gap:+.3f}   (target: within 0.05; "
+                  f"f = this round's fraction of SAM steps, median {statistics.median(frac):.3f})")
     return 0
 
 

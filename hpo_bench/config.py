@@ -80,7 +80,9 @@ class TrainConfig:
     eval_batch_size: int = spec_field(1000, lo=1)
     trace_every: int = spec_field(1, lo=1, doc="record per-step strategy traces every N steps")
     device: str = spec_field("auto", choices=["auto", "cpu", "cuda"])
-    amp: bool = spec_field(True, doc="bf16 autocast + channels_last on CUDA (never on CPU)")
+    amp: bool = spec_field(True, doc="bf16 autocast + channels_last on CUDA (never on CPU, never with float64)")
+    dtype: str = spec_field("float32", choices=["float32", "float64"],
+                            doc="weights and compute; float64 for reference runs and parity checks")
     threads: int = spec_field(0, lo=0, doc="torch CPU threads for a run (0 = leave as is)")
     max_wall_s: float = spec_field(0.0, lo=0.0, doc="per-run wall-time budget in s (0 = none) -> status 'timeout'")
     max_mem_mb: float = spec_field(0.0, lo=0.0, doc="per-run memory budget in MiB (0 = none): CUDA allocation on GPU, process RSS on CPU -> status 'oom'")

@@ -3,6 +3,8 @@
 A :class:`Trial` is the unit every engine schedules: (data, model, train config, strategy,
 its params, ρ (or ρ₀), seed). Its ``run_id`` is a hash of exactly those fields plus the method
 label, so the same trial gets the same id whichever engine runs it, and a re-run skips it.
+Train fields added after the first results were stored (:data:`LATER_TRAIN_DEFAULTS`) enter the
+hash only when set away from their default, so stores written before they existed stay valid.
 """
 from __future__ import annotations
 
@@ -23,6 +25,10 @@ from hpo_bench.trainer import Trainer, resolve_device
 from searchers import create_strategy
 
 
+# train-config fields added after results were first stored, with the value they had implicitly
+LATER_TRAIN_DEFAULTS = {"dtype": "float32"}
+
+
 @dataclass
 class Trial:
     method: str
@@ -38,7 +44,9 @@ class Trial:
 
     @property
     def run_id(self) -> str:
-        return stable_hash(dataclasses.asdict(self))[:16]
+        ident = dataclasses.asdict(self)
+        ident["train"] = {k: v for k, v in ident["train"].items() if LATER_TRAIN_DEFAULTS.get(k, ...) != v}
+        return stable_hash(ident)[:16]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

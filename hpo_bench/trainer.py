@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from hpo_bench.data import DataBundle
 from hpo_bench.ledger import Ledger
 from hpo_bench.models import create_model
-from hpo_bench.perturbation import frozen_bn_stats
+from hpo_bench.perturbation import bn_modules, frozen_bn_stats
 from searchers.base import Diverged, Strategy
 
 VAL_STREAM, AUG_STREAM = 10_007, 20_011  # seed offsets of the validation and augmentation generators
@@ -117,7 +117,7 @@ class StepContext:
         BN running statistics are frozen unless ``update_bn`` (only the step's first pass updates them).
         """
         x, y = (self.x, self.y) if x is None else (x, y)
-        if update_bn:
+        if update_bn or not self.trainer.has_bn:
             loss = self.loss(x, y)
         else:
             with frozen_bn_stats(self.model):
@@ -157,16 +157,18 @@ class Trainer:
         self.cfg = train_cfg
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
-        self.amp = bool(train_cfg.amp and self.cuda)
+        self.dtype = getattr(torch, getattr(train_cfg, "dtype", "float32"))
+        self.amp = bool(train_cfg.amp and self.cuda and self.dtype == torch.float32)
         self.data = data.to(self.device)
         self.seed = seed
         self.strategy = strategy
         self.on_epoch = on_epoch
         self.progress = progress
         torch.manual_seed(seed)
-        self.model = create_model(model_name, data.num_classes, data.input_shape).to(self.device)
+        self.model = create_model(model_name, data.num_classes, data.input_shape).to(self.device, self.dtype)
         if self.amp:
             self.model = self.model.to(memory_format=torch.channels_last) if len(data.input_shape) == 3 else self.model
+        self.has_bn = bool(bn_modules(self.model))  # else passes need no BN freezing
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
@@ -191,7 +193,7 @@ class Trainer:
     def _prep(self, x, train: bool, gen=None):
         if train and self.data.augment is not None:
             x = self.data.augment(x, gen)
-        x = self.data.normalize(x)
+        x = self.data.normalize(x).to(self.dtype)
         if self.amp and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -232,8 +234,8 @@ class Trainer:
 
     def _check_limits(self, ctx: StepContext, loss: torch.Tensor) -> None:
         # On CUDA a finiteness check is a host sync: do it every CUDA_SYNC_EVERY steps (a NaN persists).
-        if (not self.cuda or ctx.step % CUDA_SYNC_EVERY == 0) and not torch.isfinite(loss):
-            raise RunStopped("diverged", f"non-finite training loss ({float(loss.detach())})", ctx.step)
+        if (not self.cuda or ctx.step % CUDA_SYNC_EVERY == 0) and not math.isfinite(value := loss.item()):
+            raise RunStopped("diverged", f"non-finite training loss ({value})", ctx.step)
         if self.cfg.max_wall_s and self.ledger.elapsed() > self.cfg.max_wall_s:
             raise RunStopped("timeout", f"wall time over max_wall_s={self.cfg.max_wall_s}", ctx.step)
         if self.cfg.max_mem_mb and ctx.step % MEM_CHECK_EVERY == 0 and memory_in_use(self.cuda) > self.cfg.max_mem_mb * 2**20:

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 import torch
 
 from hpo_bench.config import spec_field
-from hpo_bench.perturbation import asam_direction, asam_scale, sam_direction
+from hpo_bench.perturbation import asam_direction, asam_scale, global_norm, sam_direction
 from searchers import register_strategy
 from searchers.base import Diverged, Strategy
 
@@ -136,8 +136,8 @@ def metric_and_grad(metric: str, lv: torch.Tensor, gv, lt: torch.Tensor | None, 
 
 def lets_dM_drho(g_a, g_hat, direction, lr: float) -> torch.Tensor:
     """−η g_aᵀ H d with H = diag(ĝ²) (float64 0-dim tensor); ``direction`` d is the unit vector of g_b."""
-    terms = [(a.double() * gh.double() ** 2 * d.double()).sum() for a, gh, d in zip(g_a, g_hat, direction)]
-    return -lr * torch.stack(terms).sum()
+    a, gh, d = (torch.cat([t.reshape(-1) for t in ts]).double() for ts in (g_a, g_hat, direction))
+    return -lr * torch.dot(a * gh.square(), d)
 
 
 def gb_direction(gb: str, kind: str, eps_hat, g_hat, g_tr_next, scales_t):
@@ -177,9 +177,10 @@ class _LETS(Strategy):
             self.pending = None
         self.rho = self.rho_used = self.learner.rho
         if self.kind == "sam":
-            self.eps_hat = sam_direction(g)
+            norm = global_norm(g)
+            self.eps_hat = sam_direction(g, 1.0, norm)
             self.scales = None
-            return sam_direction(g, self.rho)  # the same ops as the plain SAM strategy
+            return sam_direction(g, self.rho, norm)  # the same ops as the plain SAM strategy
         self.scales = asam_scale(ctx.names, ctx.params, self.params.xi)  # T at θ_t
         self.eps_hat = asam_direction(g, self.scales)
         return [self.rho * d for d in self.eps_hat]  # the same ops as the plain ASAM strategy

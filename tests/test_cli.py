@@ -120,6 +120,7 @@ BAD = [
     ("cifar-missing-root", None, {'dataset = "mnist1d"': 'dataset = "cifar10"\ndata_root = "/nonexistent/cifar"',
                                   'name = "mnist1d_mlp"': 'name = "linear"'}, [], "data.data_root"),
     ("unknown-set-key", None, {}, ["--set", "train.epochz=3"], "train.epochz"),
+    ("bad-dtype", None, {}, ["--set", "train.dtype=float16"], "train.dtype"),
     ("set-without-equals", None, {}, ["--set", "train.epochs"], "--set"),
     ("set-bad-index", None, {}, ["--set", "methods.9.rho=1"], "methods.9"),
     ("device-cuda-without-gpu", None, {}, ["--device", "cuda"], "train.device"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -167,3 +168,19 @@ def test_frozen_pass_keeps_num_batches_tracked():
     with frozen_bn_stats(m):
         m(torch.randn(8, 4))
     assert int(m.num_batches_tracked) == 1
+
+
+def test_float64_runs_in_float64_and_default_dtype_keeps_run_ids():
+    from hpo_bench.config import validate_spec
+    from hpo_bench.experiment import make_trial
+
+    spec = validate_spec({"name": "d", "seeds": [0], "methods": [{"strategy": "sam"}]})
+    trial = make_trial(spec, spec.methods[0], 0.05, 0, {})
+    assert trial.train["dtype"] == "float32"
+    legacy = dataclasses.replace(trial, train={k: v for k, v in trial.train.items() if k != "dtype"})
+    assert trial.run_id == legacy.run_id  # stores written before the field existed stay valid
+    wide = dataclasses.replace(trial, train={**trial.train, "dtype": "float64"})
+    assert wide.run_id != trial.run_id
+    tr = Trainer(synthetic_bundle(), "linear", train_cfg(dtype="float64"), create_strategy("sam", 0.05), 0)
+    result = tr.fit()
+    assert result.status == "ok" and all(p.dtype == torch.float64 for p in tr.params)
