@@ -112,6 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=15, help="epochs per contender, interleaved")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--per-round", action="store_true", help="also print every round's wall times")
     ap.add_argument("--vs-sam", nargs="*", default=["lets-sam", "lets-sam:reuse_next_grad=true", "ae-sam"],
                     help="strategies timed against SAM, NAME[:key=value,...]")
     args = ap.parse_args(argv)
@@ -145,6 +146,10 @@ def main(argv=None) -> int:
         w = statistics.median(r[k][0] for r in rounds)
         c = statistics.median(r[k][1] for r in rounds)
         print(f"{k:<30} median epoch: wall {w:6.3f} s ({1000 * w / steps:5.2f} ms/step)   cpu {c:6.3f} s")
+    if args.per_round:
+        print("round " + " ".join(f"{k[:12]:>12}" for k in contenders))
+        for i, r in enumerate(rounds):
+            print(f"{i:5d} " + " ".join(f"{1000 * r[k][0] / steps:12.2f}" for k in contenders) + "   ms/step")
     line("trainer-ERM / hand loop", "erm", "hand", "target <= 1.05; limit 1.0")
     line("SAM / ERM step", "sam", "erm", "target <= 2.05; limit 2.0")
     targets = {"lets-sam": "target <= 2.05; limit 2.0 (4 vs 2 passes)",

@@ -8,7 +8,10 @@ metric difference between the two (0: an engine never changes what a trial compu
 ``ray.init`` happens before the timed part and is printed separately; Ray workers run at nice 0
 (as the engine's own ``ray.init`` does), like the sequential run. Other load on the machine skews
 both numbers: the load average is printed.
-Usage: ``python benchmarks/bench_ray_concurrency.py [--epochs 8] [--workers 2]``.
+Ray's fixed start-up (worker processes importing torch, Tune's set-up: ~7 s on 2 vCPUs) is paid
+once per search, so the ratio grows with the grid; ``--seeds 5 --grid 0.01 0.02 0.05 0.1 0.2 0.5
+--epochs 40`` is the grid of ``experiments/mnist1d-main.toml``.
+Usage: ``python benchmarks/bench_ray_concurrency.py [--epochs 8] [--workers 2] [--seeds 2] [--grid ...]``.
 """
 from __future__ import annotations
 
@@ -33,13 +36,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--grid", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2])
     args = ap.parse_args(argv)
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     os.environ.setdefault("RAY_worker_niceness", "0")  # Ray's default 15 starves trials under other load
-    grid = [0.02, 0.05, 0.1, 0.2]
+    grid, seeds = args.grid, list(range(args.seeds))
 
     def spec(engine):
-        return validate_spec({"name": "bench", "seeds": [0, 1], "model": {"name": "mnist1d_cnn"},
+        return validate_spec({"name": "bench", "seeds": seeds, "model": {"name": "mnist1d_cnn"},
                               "train": {"epochs": args.epochs, "batch_size": 100, "device": "cpu", "threads": 1},
                               "methods": [{"label": "G", "strategy": "sam",
                                            "search": {"kind": "grid", "engine": engine, "grid": grid,
@@ -66,7 +71,7 @@ def main(argv=None) -> int:
     ray.shutdown()
     (t_seq, seq), (t_ray, par) = results["local"], results["ray"]
     diff = float((seq[METRICS] - par[METRICS]).abs().max().max())
-    print(f"machine: {os.cpu_count()} CPU cores; grid {len(grid)} rho x 2 seeds = {len(seq)} trials, "
+    print(f"machine: {os.cpu_count()} CPU cores; grid {len(grid)} rho x {len(seeds)} seeds = {len(seq)} trials, "
           f"SAM MNIST-1D CNN, {args.epochs} epochs, 1 thread per trial")
     print(f"load average before/after: {load0} / {os.getloadavg()[0]:.2f}")
     print(f"ray.init (not timed below):           {t_init:6.1f} s")
