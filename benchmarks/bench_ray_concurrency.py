@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     print(f"local engine, sequential:             {t_seq:6.1f} s  (sum of per-trial wall {seq['wall_s'].sum():.1f} s)")
     print(f"ray tune, {args.workers} concurrent trials x 1 CPU: {t_ray:6.1f} s  (sum of per-trial wall {par['wall_s'].sum():.1f} s)")
     print(f"first trial's training began after: local {started['local']:.1f} s, ray {started['ray']:.1f} s "
-          f"(worker start, imports, Tune set-up)")
+          f"(Ray: worker start, imports, Tune set-up; both: the first torch.optim.SGD of a process imports torch._dynamo)")
     print(f"speed-up: {t_seq / t_ray:.2f}x  (target >= 1.5x)")
     print(f"max |metric difference| local vs ray over {', '.join(METRICS)}: {diff:.3g}")
     return 0
