@@ -29,7 +29,7 @@ from hpo_bench.experiment import Trial, result_curves, result_row, trial_data
 from hpo_bench.ledger import Ledger
 from hpo_bench.models import create_model
 from hpo_bench.perturbation import EPS, bn_modules
-from hpo_bench.trainer import RunResult, lr_at, resolve_device
+from hpo_bench.trainer import RunResult, lr_at, resolve_device, train_dtype
 
 SUPPORTED = ("sam", "asam")
 
@@ -66,7 +66,7 @@ def train_batched(trials: list[Trial], device=None) -> list[tuple[dict, "object"
     data = trial_data(t0).to(dev)
     P = len(trials)
     torch.manual_seed(t0.seed)  # the same initial weights as the trainer gives every point
-    dtype = getattr(torch, getattr(cfg, "dtype", "float32"))
+    dtype = train_dtype(cfg)
     base = create_model(t0.model["name"], data.num_classes, data.input_shape).to(dev, dtype)
     params, _ = stack_module_state([base] * P)
     params = {k: v.detach().clone() for k, v in params.items()}

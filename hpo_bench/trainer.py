@@ -149,6 +149,11 @@ class StepContext:
         return self.trainer.extra_batch(source)
 
 
+def train_dtype(train_cfg) -> torch.dtype:
+    """The torch dtype of weights and compute named by ``train.dtype`` (float32 if absent)."""
+    return getattr(torch, getattr(train_cfg, "dtype", "float32"))
+
+
 class Trainer:
     """Train one model with one strategy; returns a :class:`RunResult`."""
 
@@ -157,7 +162,7 @@ class Trainer:
         self.cfg = train_cfg
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
-        self.dtype = getattr(torch, getattr(train_cfg, "dtype", "float32"))
+        self.dtype = train_dtype(train_cfg)
         self.amp = bool(train_cfg.amp and self.cuda and self.dtype == torch.float32)
         self.data = data.to(self.device)
         self.seed = seed
