@@ -6,7 +6,7 @@ the per-rho final losses (target <= 1e-5) and accuracies (a flipped prediction s
 the two: the vectorized kernels sum in another order, and SGD amplifies last-bit differences.
 The same comparison is then repeated with ``train.dtype = "float64"``, where rounding is ~1e-16:
 its loss difference shows whether the batched arithmetic is the separate runs' arithmetic.
-Usage: ``python benchmarks/bench_batched_grid.py [--epochs 3] [--points 8] [--device cpu]``.
+Usage: ``python benchmarks/bench_batched_grid.py [--epochs 3] [--points 8] [--device cpu] [--threads N]``.
 """
 from __future__ import annotations
 
@@ -55,7 +55,10 @@ def main(argv=None) -> int:
     ap.add_argument("--points", type=int, default=8)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--no-float64", action="store_true", help="skip the float64 parity run")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     grid = [float(r) for r in np.geomspace(0.01, 1.0, args.points)]
     print(f"# {args.points}-point SAM grid, MNIST-1D CNN, {args.epochs} epochs, device={args.device}, "
           f"torch threads={torch.get_num_threads()}, torch {torch.__version__}")
