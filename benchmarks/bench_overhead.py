@@ -4,15 +4,16 @@ Prints, for the MNIST-1D CNN on this machine (CPU unless --device cuda):
   * trainer ERM epoch / minimal hand-written loop  (target <= 1.05-1.10, limit 1.0)
   * SAM step / ERM step                           (target <= 2.05-2.10, limit 2.0)
   * LETS step / SAM step (target <= 2.05), its 3-pass reuse variant / SAM (target <= 1.55), AE-SAM / SAM
-    (compare with (1 + fraction of SAM steps)/2, printed from the AE-SAM run itself)
+    minus (1 + f)/2, f = the fraction of SAM steps in the same epoch (target: within 0.05)
 
 Method: every contender is built once (same data, same initial weights) and trains one epoch
 (36 steps, no evaluation) per round, in turn (A B C ... A B C ...), for ``--rounds`` rounds.
 Each ratio is taken within a round, between epochs that ran a fraction of a second apart, and
 the median over rounds is printed, for wall time and for the process's CPU time. On a shared
 2-vCPU VM the speed of the machine drifts by tens of percent over seconds; fine interleaving
-cancels the drift that whole-run timings (A A A ... B B B) pick up.
-Usage: ``python benchmarks/bench_overhead.py [--rounds 15] [--threads 1]``.
+cancels the drift that whole-run timings (A A A ... B B B) pick up. The default is one torch
+thread, as every spec in ``experiments/`` trains; ``--threads 0`` keeps torch's default.
+Usage: ``python benchmarks/bench_overhead.py [--rounds 15] [--threads 1] [--per-round]``.
 """
 from __future__ import annotations
 
