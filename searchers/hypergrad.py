@@ -11,12 +11,13 @@ hypergradient is exact (METHODS.md §4) instead of LETS's one-step diagonal appr
   order is untouched) with the cosine learning rates of steps t+1 … t+K, and M at the unrolled
   θ_{t+1+K} on one validation batch (``protocol``) and the last unrolled training batch;
   dM/dν by :func:`hpo_bench.hypergrad.hypergrad_higher` (``higher``, create_graph on both gradient
-  calls); one Adam step on ν.
+  calls; ``impl = "func"`` the independent ``torch.func`` version, ``impl = "recompute"`` the one
+  with graph memory flat in K); one Adam step on ν.
 
 The unroll works on clones: the model, its BN buffers and the optimizer state are untouched, and the
 next training step continues from θ_{t+1} as if nothing had happened. Cost per unroll 4K + 2 grad
-evals (see :mod:`hpo_bench.hypergrad`), charged to the run's ledger: on average 2 + (4K + 2)/U per step.
-Memory of the unroll grows O(K). Our construction (not from a paper): a greedy, truncated
+evals (6K + 2 with ``impl = "recompute"``; see :mod:`hpo_bench.hypergrad`), charged to the run's
+ledger: on average 2 + (4K + 2)/U per step. Memory of the unroll grows O(K), except with "recompute". Our construction (not from a paper): a greedy, truncated
 (K-step) hypergradient, evaluated online.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ import math
 from dataclasses import dataclass
 
 from hpo_bench.config import spec_field
-from hpo_bench.hypergrad import SGDConfig, capture_state, hypergrad_higher
+from hpo_bench.hypergrad import IMPLS, SGDConfig, capture_state
 from hpo_bench.perturbation import asam_direction, asam_scale, sam_direction
 from hpo_bench.trainer import lr_at
 from searchers import register_strategy
@@ -37,6 +38,8 @@ from searchers.lets import PROTOCOL_SOURCE, RhoLearner, RhoLearnerParams
 class HypergradParams(RhoLearnerParams):
     unroll: int = spec_field(5, lo=1, doc="K: SAM steps unrolled per exact hypergradient (memory O(K))")
     every: int = spec_field(10, lo=1, doc="U: one unroll and one Adam step on nu every U training steps")
+    impl: str = spec_field("higher", choices=list(IMPLS),
+                           doc="exact unroll through higher | torch.func | recompute (graph memory flat in K, 6K+2 evals)")
 
 
 class _Hypergrad(Strategy):
@@ -66,7 +69,7 @@ class _Hypergrad(Strategy):
         total = tr.total_steps
         lrs = [lr_at(min(ctx.step + 1 + k, total), total, tr.cfg.lr, tr.cfg.schedule) for k in range(p.unroll)]
         state = capture_state(ctx.model, tr.optimizer)
-        res = hypergrad_higher(ctx.model, state, batches, val, lrs, nu=self.learner.nu, kind=self.kind,
+        res = IMPLS[p.impl](ctx.model, state, batches, val, lrs, nu=self.learner.nu, kind=self.kind,
                                xi=p.xi, metric=p.metric, sgd=self.sgd, ledger=ctx.ledger)
         self.metric_M, self.dM_dnu = res.M, res.dM_dnu
         self.n_unrolls += 1

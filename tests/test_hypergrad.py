@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hpo_bench.hypergrad import SGDConfig, capture_state, hypergrad_func, hypergrad_higher
+from hpo_bench.hypergrad import SGDConfig, capture_state, hypergrad_func, hypergrad_higher, hypergrad_recompute
 from hpo_bench.models import create_model
 from hpo_bench.trainer import StepContext, Trainer, lr_at
 from searchers import create_strategy
@@ -56,6 +56,24 @@ def test_exact_hypergrad_matches_finite_differences_and_torch_func(K, kind, rho)
     assert ref.dM_dnu == pytest.approx(res.dM_dnu, rel=1e-8, abs=0)
     assert ref.M == pytest.approx(res.M, rel=1e-12)
     assert res.dM_drho == pytest.approx(res.dM_dnu / rho, rel=1e-12)
+
+
+@pytest.mark.parametrize("K", [1, 4])
+@pytest.mark.parametrize("kind,with_momentum,metric", [("sam", True, "sq_gap"), ("asam", True, "gap"),
+                                                        ("sam", False, "val_loss")])
+def test_recompute_mode_equals_the_full_unroll(K, kind, with_momentum, metric):
+    """One-step-at-a-time reverse sweep = the full graph (float64, BN model, with/without momentum)."""
+    from hpo_bench.ledger import Ledger
+
+    model, state, batches, val, lrs = setup_problem(K, with_momentum=with_momentum)
+    kw = dict(kind=kind, metric=metric, sgd=SGDConfig(momentum=0.9, weight_decay=5e-4))
+    ref = hypergrad_func(model, state, batches, val, lrs, rho=0.3, **kw)
+    ledger = Ledger()
+    res = hypergrad_recompute(model, state, batches, val, lrs, rho=0.3, ledger=ledger, **kw)
+    assert ref.dM_dnu != 0.0
+    assert res.dM_dnu == pytest.approx(ref.dM_dnu, rel=1e-10, abs=1e-14)
+    assert res.M == pytest.approx(ref.M, rel=1e-12)
+    assert ledger.grad_evals == 6 * K + 2
 
 
 @pytest.mark.parametrize("metric", ["gap", "val_loss"])
@@ -121,11 +139,8 @@ def test_unroll_does_not_touch_model_and_charges_ledger():
 
 
 # ----------------------------------------------------------------------------- the online strategy
-def make_trainer(strategy, rho, params=None, dtype=torch.float32, **cfg):
-    tr = Trainer(synthetic_bundle(dtype=dtype), "tiny_bn", train_cfg(**cfg), create_strategy(strategy, rho, params), seed=0)
-    if dtype == torch.float64:
-        tr.model.double()
-    return tr
+def make_trainer(strategy, rho, params=None, **cfg):
+    return Trainer(synthetic_bundle(), "tiny_bn", train_cfg(**cfg), create_strategy(strategy, rho, params), seed=0)
 
 
 def test_hypergrad_sam_unroll_leaves_params_bn_and_momentum_untouched():
@@ -176,6 +191,15 @@ def test_hypergrad_sam_learns_rho_and_huge_beta_diverges():
     assert {"rho", "metric_M", "dM_dnu"} <= set(res.traces[-1])
     res = make_trainer("hypergrad-sam", 0.05, {"beta": 1e300, "every": 1, "unroll": 1}).fit()
     assert res.status == "diverged" and "rho" in res.reason
+
+
+def test_hypergrad_sam_impls_learn_the_same_rho_and_recompute_is_charged_6k_plus_2():
+    params = {"beta": 0.05, "every": 2, "unroll": 3}
+    runs = {impl: make_trainer("hypergrad-sam", 0.05, {**params, "impl": impl}, dtype="float64").fit() for impl in ("higher", "recompute")}
+    a, b = runs["higher"], runs["recompute"]
+    assert a.status == b.status == "ok" and a.summary["n_unrolls"] == b.summary["n_unrolls"] > 0
+    assert b.summary["rho_final"] == pytest.approx(a.summary["rho_final"], rel=1e-9) and a.summary["rho_final"] != 0.05
+    assert b.ledger["grad_evals"] - a.ledger["grad_evals"] == a.summary["n_unrolls"] * 2 * 3
 
 
 # ----------------------------------------------------------------------------- fidelity
