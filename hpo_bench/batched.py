@@ -1,19 +1,22 @@
 """Batched grid search: every ρ of a grid (same seed, same batches) trained in one vectorized pass.
 
 The P grid points share the initial weights (same seed) and the batch sequence, so their P
-weight vectors can be stacked (``torch.func.stack_module_state``) and every pass run once with
-``vmap`` over the stacked dimension. Per point p the math is exactly the trainer's
-(METHODS.md §1): g_p = ∇L(B; θ_p); ε_p = ρ_p g_p/(‖g_p‖+1e-12) (SAM) or ρ_p T²g_p/‖T g_p‖ (ASAM);
+weight vectors can be stacked (``torch.func.stack_module_state``) and every pass run once for all
+of them: through the model's registered stacked forward (:func:`hpo_bench.models.stacked_forward`;
+the MNIST-1D CNN has one, as batched matmuls) with plain autograd on Σ_p L_p, or else with ``vmap``
+over the module. Per point p the math is exactly the trainer's (METHODS.md §1):
+g_p = ∇L(B; θ_p); ε_p = ρ_p g_p/(‖g_p‖+1e-12) (SAM) or ρ_p T²g_p/‖T g_p‖ (ASAM);
 ĝ_p = ∇L(B; θ_p + ε_p); then torch.optim.SGD's update (momentum μ, weight decay λ, dampening 0):
 d = ĝ_p + λθ_p, b ← d (first step) or μb + d, θ_p ← θ_p − η_t b.
 
-Scope: fixed-ρ ``sam`` and ``asam`` on models without BatchNorm (vmap cannot update running
-statistics in place); other cases fall back to one run after another. Results equal separate
-runs of the one trainer up to summation order: in float32 the vectorized (grouped) kernels round
-differently in the last bit, which SGD amplifies over training (1e-5 over 16 steps, ~1e-4 in the
-final losses after 108); with ``train.dtype = "float64"`` the two agree to ~1e-15 after 108 steps
-(the tests check both). Cost: each point is charged the grad evals it computed (2 per step); the wall and
-device seconds of the shared pass are split evenly among the points (``batched_group`` = P).
+Scope: fixed-ρ ``sam`` and ``asam`` on models without BatchNorm (running statistics cannot be
+stacked); other cases fall back to one run after another. Results equal separate runs of the one
+trainer: the CNN runs the same matmul kernels in both (its forward is the stacked one with P = 1)
+and ‖g_p‖ is computed as the trainer computes it, so float32 runs agree to ~3e-7 in the final
+losses after 108 steps (evaluation sums in another order); ``vmap`` models round differently in
+the last bit, which SGD amplifies; in float64 both agree to ~1e-15 (the tests check both dtypes).
+Cost: each point is charged the grad evals it computed (2 per step); the wall and device seconds of
+the shared pass are split evenly among the points (``batched_group`` = P).
 """
 from __future__ import annotations
 
@@ -27,8 +30,8 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from hpo_bench.experiment import Trial, result_curves, result_row, trial_data
 from hpo_bench.ledger import Ledger
-from hpo_bench.models import create_model
-from hpo_bench.perturbation import EPS, bn_modules
+from hpo_bench.models import create_model, stacked_forward
+from hpo_bench.perturbation import EPS, bn_modules, global_norm
 from hpo_bench.trainer import RunResult, lr_at, resolve_device, train_dtype
 
 SUPPORTED = ("sam", "asam")
@@ -47,13 +50,38 @@ def can_batch(trials: list[Trial]) -> bool:
 
 
 def _per_model_norm(tensors: dict, p: int) -> torch.Tensor:
-    """‖·‖₂ over all tensors, separately for each of the P stacked models: shape (P,)."""
-    sq = sum(t.reshape(p, -1).pow(2).sum(1) for t in tensors.values())
-    return sq.sqrt()
+    """‖·‖₂ over all tensors, separately for each of the P stacked models: shape (P,).
+
+    Computed per model exactly as the trainer does (:func:`hpo_bench.perturbation.global_norm`), so
+    the SAM direction rounds the same way as in a separate run.
+    """
+    return torch.stack([global_norm([t[i] for t in tensors.values()]) for i in range(p)])
 
 
 def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _stacked_passes(model_name: str, meta, P: int):
+    """(forward(params, x) -> (P, B, C), grads(params, x, y) -> ({name: (P, ...)}, losses (P,))).
+
+    With the model's registered stacked forward (:func:`hpo_bench.models.stacked_forward`): plain
+    autograd on Σ_p L_p, whose gradient w.r.t. θ_p is ∇L_p since the P losses share no parameters.
+    Otherwise ``vmap`` of ``torch.func.grad_and_value`` over the module.
+    """
+    stacked = stacked_forward(model_name)
+    if stacked is None:
+        loss_fn = lambda p, x, y: F.cross_entropy(functional_call(meta, p, (x,)), y)
+        return (vmap(lambda p, x: functional_call(meta, p, (x,)), in_dims=(0, None)),
+                vmap(grad_and_value(loss_fn), in_dims=(0, None, None)))
+
+    def grads(params, x, y):
+        leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        out = stacked(leaves, x)
+        losses = F.cross_entropy(out.flatten(0, 1), y.repeat(P), reduction="none").view(P, -1).mean(1)
+        return dict(zip(leaves, torch.autograd.grad(losses.sum(), list(leaves.values())))), losses.detach()
+
+    return stacked, grads
 
 
 def train_batched(trials: list[Trial], device=None) -> list[tuple[dict, "object"]]:
@@ -76,11 +104,7 @@ def train_batched(trials: list[Trial], device=None) -> list[tuple[dict, "object"
     asam = t0.strategy == "asam"
     xi = float(t0.params.get("xi", 0.01))
 
-    def loss_fn(p, x, y):
-        return F.cross_entropy(functional_call(meta, p, (x,)), y)
-
-    grad_fn = vmap(grad_and_value(loss_fn), in_dims=(0, None, None))
-    fwd = vmap(lambda p, x: functional_call(meta, p, (x,)), in_dims=(0, None))
+    fwd, grad_fn = _stacked_passes(t0.model["name"], meta, P)
     n = len(data.train_y)
     spe = max(1, math.ceil(n / cfg.batch_size))
     total = spe * cfg.epochs

@@ -21,9 +21,11 @@ def spec_for(strategy, model="mnist1d_cnn", grid=(0.01, 0.05, 0.2), **train):
     return validate_spec(raw)
 
 
-@pytest.mark.parametrize("strategy", ["sam", "asam"])
-def test_batched_grid_equals_separate_runs(tmp_path, strategy):
-    spec = spec_for(strategy)
+@pytest.mark.parametrize("strategy, model", [("sam", "mnist1d_cnn"), ("asam", "mnist1d_cnn"), ("sam", "mnist1d_mlp")])
+def test_batched_grid_equals_separate_runs(tmp_path, strategy, model):
+    """float32, 8 epochs (64 SGD steps): the CNN's stacked forward runs the separate runs' kernels;
+    the MLP goes through the vmap fallback."""
+    spec = spec_for(strategy, model=model, epochs=8)
     trials = grid_trials(spec, spec.methods[0], {}, "grid/local")
     assert can_batch([t for t in trials if t.seed == 0])
     batched = pd.DataFrame(run_batched(trials, ResultsStore(tmp_path / "batched"))).set_index("run_id")
