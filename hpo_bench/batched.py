@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
+from hpo_bench.data import to_device_async
 from hpo_bench.experiment import Trial, result_curves, result_row, trial_data
 from hpo_bench.ledger import Ledger
 from hpo_bench.models import create_model, stacked_forward
@@ -132,7 +133,7 @@ def train_batched(trials: list[Trial], device=None) -> list[tuple[dict, "object"
         return (loss_sum / len(ys)).tolist(), (correct.double() / len(ys)).tolist()
 
     for epoch in range(cfg.epochs):
-        perm = torch.randperm(n, generator=gen).to(dev)
+        perm = to_device_async(torch.randperm(n, generator=gen), dev)
         for b in range(spe):
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             x = data.train_x[idx]

@@ -70,13 +70,24 @@ def apply_label_noise(y: torch.Tensor, rate: float, num_classes: int, seed: int)
     return torch.where(flip, (y + offset) % num_classes, y)
 
 
+def to_device_async(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``; to CUDA through pinned memory, so the copy does not wait for
+    the GPU to drain (a pageable copy would stall the host once per call)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Batch augmentation: zero-pad by ``pad``, random crop back to H×W, random horizontal flip."""
+    """Batch augmentation: zero-pad by ``pad``, random crop back to H×W, random horizontal flip.
+
+    The random offsets and flips come from the CPU generator ``gen`` (the same stream on every
+    device) and reach the GPU without a host sync."""
     n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+    oy = to_device_async(torch.randint(0, 2 * pad + 1, (n,), generator=gen), x.device)
+    ox = to_device_async(torch.randint(0, 2 * pad + 1, (n,), generator=gen), x.device)
+    flip = to_device_async(torch.rand(n, generator=gen) < 0.5, x.device)
     rows = (oy[:, None] + torch.arange(h, device=x.device)[None, :])  # (n, h)
     cols = torch.arange(w, device=x.device)[None, :]
     cols = torch.where(flip[:, None], (w - 1 - cols), cols) + ox[:, None]  # (n, w)

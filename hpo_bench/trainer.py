@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from hpo_bench.data import DataBundle
+from hpo_bench.data import DataBundle, to_device_async
 from hpo_bench.ledger import Ledger
 from hpo_bench.models import create_model
 from hpo_bench.perturbation import bn_modules, frozen_bn_stats
@@ -211,7 +211,7 @@ class Trainer:
             raise ValueError("data.val_fraction: the validation split is empty but the strategy needs validation batches; allowed: > 0")
         bs = min(self.cfg.batch_size, n)
         if self.extra_perm[source] is None or self.extra_pos[source] + bs > n:
-            self.extra_perm[source] = torch.randperm(n, generator=self.extra_gens[source]).to(self.device)
+            self.extra_perm[source] = to_device_async(torch.randperm(n, generator=self.extra_gens[source]), self.device)
             self.extra_pos[source] = 0
         idx = self.extra_perm[source][self.extra_pos[source]: self.extra_pos[source] + bs]
         self.extra_pos[source] += bs
@@ -265,7 +265,7 @@ class Trainer:
         """One epoch of training steps (no evaluation); per-step strategy traces go to ``traces``."""
         cfg = self.cfg
         ctx.epoch = epoch
-        perm = torch.randperm(self.n_train, generator=self.train_gen).to(self.device)
+        perm = to_device_async(torch.randperm(self.n_train, generator=self.train_gen), self.device)
         for b in range(self.steps_per_epoch):
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             ctx.x = self._prep(self.data.train_x[idx], train=True, gen=self.aug_gen)

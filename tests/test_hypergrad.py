@@ -58,6 +58,22 @@ def test_exact_hypergrad_matches_finite_differences_and_torch_func(K, kind, rho)
     assert res.dM_drho == pytest.approx(res.dM_dnu / rho, rel=1e-12)
 
 
+def test_every_impl_agrees_with_finite_differences_on_the_mnist1d_cnn():
+    """The CNN computes through submodules that ``higher`` and ``torch.func`` patch (its weights must
+    reach every pass); K = 2 SAM steps in float64."""
+    torch.manual_seed(0)
+    model = create_model("mnist1d_cnn", 10, (40,)).to(D)
+    state = capture_state(model)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 40, generator=g, dtype=D), torch.randint(0, 10, (8,), generator=g)) for _ in range(2)]
+    val = (torch.randn(8, 40, generator=g, dtype=D), torch.randint(0, 10, (8,), generator=g))
+    lrs, kw = [0.1, 0.1], dict(kind="sam", sgd=SGDConfig(momentum=0.9, weight_decay=5e-4))
+    fd = central_fd(model, state, batches, val, lrs, 0.2, **kw)
+    assert fd != 0.0
+    for impl in (hypergrad_higher, hypergrad_func, hypergrad_recompute):
+        assert impl(model, state, batches, val, lrs, rho=0.2, **kw).dM_dnu == pytest.approx(fd, rel=1e-4)
+
+
 @pytest.mark.parametrize("K", [1, 4])
 @pytest.mark.parametrize("kind,with_momentum,metric", [("sam", True, "sq_gap"), ("asam", True, "gap"),
                                                         ("sam", False, "val_loss")])
