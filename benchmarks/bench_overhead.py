@@ -7,13 +7,14 @@ Prints, for the MNIST-1D CNN on this machine (CPU unless --device cuda):
     minus (1 + f)/2, f = the fraction of SAM steps in the same epoch (target: within 0.05)
 
 Method: every contender is built once (same data, same initial weights) and trains one epoch
-(36 steps, no evaluation) per round, in turn (A B C ... A B C ...), for ``--rounds`` rounds.
+(36 steps, no evaluation) per round, in turn, for ``--rounds`` rounds; the order rotates from round
+to round (A B C, B C A, C A B, ...), so no contender always runs right after the same other one.
 Each ratio is taken within a round, between epochs that ran a fraction of a second apart, and
 the median over rounds is printed, for wall time and for the process's CPU time. On a shared
 2-vCPU VM the speed of the machine drifts by tens of percent over seconds; fine interleaving
 cancels the drift that whole-run timings (A A A ... B B B) pick up. The default is one torch
 thread, as every spec in ``experiments/`` trains; ``--threads 0`` keeps torch's default.
-Usage: ``python benchmarks/bench_overhead.py [--rounds 15] [--threads 1] [--per-round]``.
+Usage: ``python benchmarks/bench_overhead.py [--rounds 30] [--threads 1] [--per-round]``.
 """
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ def hand_loop_epochs(data, epochs: int, device):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=15, help="epochs per contender, interleaved")
+    ap.add_argument("--rounds", type=int, default=30, help="epochs per contender, interleaved")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--per-round", action="store_true", help="also print every round's wall times")
@@ -129,7 +130,11 @@ def main(argv=None) -> int:
         contenders[name] = trainer_epochs(data, *parse_contender(name), 0.05, epochs, device)
     for fn in contenders.values():  # warm-up: the first epoch is not timed
         fn()
-    rounds = [{k: timed(fn) for k, fn in contenders.items()} for _ in range(args.rounds)]
+    names = list(contenders)
+    rounds = []
+    for r in range(args.rounds):  # the order rotates each round, so no contender always follows the same one
+        order = names[r % len(names):] + names[:r % len(names)]
+        rounds.append({k: timed(contenders[k]) for k in order})
     steps = (len(data.train_y) + 99) // 100
     clocks = ("wall", "cpu") if device.type == "cpu" else ("wall",)
 
