@@ -34,9 +34,9 @@ from hpo_bench.trainer import StepContext, Trainer, lr_at
 from searchers import create_strategy
 
 
-def train_cfg(epochs: int, device: str) -> SimpleNamespace:
+def train_cfg(epochs: int, device: str, batch_size: int = 100) -> SimpleNamespace:
     cfg = dict(vars(TrainConfig()))
-    cfg.update(epochs=epochs, device=device, batch_size=100)
+    cfg.update(epochs=epochs, device=device, batch_size=batch_size)
     return SimpleNamespace(**cfg)
 
 
@@ -64,9 +64,10 @@ def timed(fn):
     return time.perf_counter() - w0, time.process_time() - c0
 
 
-def trainer_epochs(data, strategy: str, params: dict | None, rho: float, epochs: int, device):
+def trainer_epochs(data, strategy: str, params: dict | None, rho: float, epochs: int, device,
+                   model: str = "mnist1d_cnn", batch_size: int = 100):
     """A function that runs the next epoch of the trainer's own loop (``Trainer.train_epoch``)."""
-    tr = Trainer(data, "mnist1d_cnn", train_cfg(epochs, device.type), create_strategy(strategy, rho, params), 0, device)
+    tr = Trainer(data, model, train_cfg(epochs, device.type, batch_size), create_strategy(strategy, rho, params), 0, device)
     tr.strategy.setup(tr)
     ctx, traces = StepContext(tr), []
     key = strategy if not params else f"{strategy}:{params}"

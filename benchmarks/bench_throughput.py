@@ -23,18 +23,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
-from hpo_bench.config import DataConfig, TrainConfig
+from bench_overhead import sync, timed, trainer_epochs
+from hpo_bench.config import DataConfig
 from hpo_bench.data import CIFAR_STATS, DataBundle, load_data, random_crop_flip
 from hpo_bench.models import create_model
-from hpo_bench.perturbation import bn_modules
-from hpo_bench.trainer import StepContext, Trainer, resolve_device
-from searchers import create_strategy
+from hpo_bench.perturbation import frozen_bn_stats, global_norm
+from hpo_bench.trainer import resolve_device
 
 RHO = 0.05
 
@@ -49,26 +47,6 @@ def synthetic_cifar(n: int) -> DataBundle:
                       mean=torch.tensor(m).view(1, 3, 1, 1), std=torch.tensor(s).view(1, 3, 1, 1))
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def trainer_epochs(data: DataBundle, model: str, batch: int, device: torch.device):
-    """A function that runs the next epoch of ``Trainer.train_epoch`` with the SAM strategy."""
-    cfg = SimpleNamespace(**{**vars(TrainConfig()), "batch_size": batch, "epochs": 1000, "device": device.type})
-    tr = Trainer(data, model, cfg, create_strategy("sam", RHO), 0, device)
-    tr.strategy.setup(tr)
-    tr.model.train()
-    ctx, traces = StepContext(tr), []
-
-    def run():
-        tr.train_epoch(ctx, ctx.step // tr.steps_per_epoch, traces)
-        sync(device)
-
-    return run
-
-
 def bare_sam_epochs(data: DataBundle, model_name: str, batch: int, device: torch.device, amp: bool):
     """The same SAM epoch written as a bare loop (see the module docstring)."""
     torch.manual_seed(0)
@@ -77,7 +55,6 @@ def bare_sam_epochs(data: DataBundle, model_name: str, batch: int, device: torch
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     params = [p for p in model.parameters() if p.requires_grad]
-    bns = bn_modules(model)
     data = data.to(device)
     n = len(data.train_y)
     gen, aug_gen = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
@@ -98,16 +75,11 @@ def bare_sam_epochs(data: DataBundle, model_name: str, batch: int, device: torch
             loss_of(x, y).backward()
             with torch.no_grad():
                 grads = [p.grad for p in params]
-                scale = RHO / (torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) + 1e-12)
-                eps = torch._foreach_mul(grads, scale)
+                eps = torch._foreach_mul(grads, RHO / (global_norm(grads) + 1e-12))
                 torch._foreach_add_(params, eps)
-            momenta = [bn.momentum for bn in bns]
-            for bn in bns:
-                bn.momentum = 0.0
             opt.zero_grad(set_to_none=True)
-            loss_of(x, y).backward()
-            for bn, mom in zip(bns, momenta):
-                bn.momentum = mom
+            with frozen_bn_stats(model):
+                loss_of(x, y).backward()
             with torch.no_grad():
                 torch._foreach_sub_(params, eps)
             opt.step()
@@ -134,18 +106,11 @@ def main(argv=None) -> int:
     else:
         data = synthetic_cifar(n)
     amp = device.type == "cuda"
-    contenders = {"trainer": trainer_epochs(data, args.model, args.batch, device),
+    contenders = {"trainer": trainer_epochs(data, "sam", None, RHO, 1000, device, args.model, args.batch),
                   "bare": bare_sam_epochs(data, args.model, args.batch, device, amp)}
     for fn in contenders.values():
         fn()  # warm-up epoch (cuDNN autotuning, allocator)
-    rounds = []
-    for _ in range(args.rounds):
-        r = {}
-        for name, fn in contenders.items():
-            t0 = time.perf_counter()
-            fn()
-            r[name] = time.perf_counter() - t0
-        rounds.append(r)
+    rounds = [{name: timed(fn)[0] for name, fn in contenders.items()} for _ in range(args.rounds)]
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"# {args.model} SAM, batch {args.batch}, {args.steps} steps per epoch, {args.rounds} interleaved rounds, "
           f"device: {name}, amp (bf16 + channels_last): {amp}, torch {torch.__version__}")

@@ -214,15 +214,10 @@ def _func_step(model, loss, theta: dict, mom: dict, rho_t, x, y, lr, kind, xi, s
     """One SAM/ASAM + SGD step of the unroll on tensor dicts (see the module docstring); differentiable."""
     names = list(theta)
     grads = dict(zip(names, torch.autograd.grad(loss(theta, x, y), list(theta.values()), create_graph=True)))
-    if kind == "sam":
-        scaled = grads
-        denom = torch.sqrt(torch.stack([(v ** 2).sum() for v in scaled.values()]).sum()) + EPS
-        unit = {n: grads[n] / denom for n in names}
-    else:
-        T = {n: (theta[n].abs() + xi if "weight" in n else torch.ones_like(theta[n])) for n in names}
-        scaled = {n: T[n] * grads[n] for n in names}
-        denom = torch.sqrt(torch.stack([(v ** 2).sum() for v in scaled.values()]).sum()) + EPS
-        unit = {n: T[n] * scaled[n] / denom for n in names}
+    T = None if kind == "sam" else {n: (theta[n].abs() + xi if "weight" in n else torch.ones_like(theta[n])) for n in names}
+    scaled = grads if T is None else {n: T[n] * grads[n] for n in names}
+    denom = torch.sqrt(torch.stack([(v ** 2).sum() for v in scaled.values()]).sum()) + EPS
+    unit = {n: (scaled[n] if T is None else T[n] * scaled[n]) / denom for n in names}
     pert = {n: theta[n] + rho_t.to(theta[n].dtype) * unit[n] for n in names}
     with frozen_bn_stats(model):
         lp = loss(pert, x, y)
@@ -293,9 +288,8 @@ def hypergrad_recompute(model, state: UnrollState, batches, val_batch, lrs, *, r
             mom = {n: (None if m is None else m.detach().clone()) for n, m in zip(names, state.momentum)}
             rho_t = torch.exp(nu.detach())
             inputs = []
-            for (x, y), lr in zip(batches, lrs):
-                inputs.append(({n: t.clone() for n, t in theta.items()}, mom,
-                               {k: b.clone() for k, b in buffers.items()}))
+            for (x, y), lr in zip(batches, lrs):  # θ_k, b_k are never written in place; BN buffers are
+                inputs.append((theta, mom, {k: b.clone() for k, b in buffers.items()}))
                 theta = {n: t.detach().requires_grad_(True) for n, t in theta.items()}
                 theta, mom = _func_step(model, loss, theta, mom, rho_t, x, y, lr, kind, xi, sgd)
                 theta = {n: t.detach() for n, t in theta.items()}
@@ -309,9 +303,9 @@ def hypergrad_recompute(model, state: UnrollState, batches, val_batch, lrs, *, r
                 theta_k, mom_k, buf_k = inputs[k]
                 for key, b in buf_k.items():  # the BN state this step started from
                     buffers[key] = b.clone()
-                theta_k = {n: t.clone().requires_grad_(True) for n, t in theta_k.items()}
-                mom_k = {n: (None if m is None else m.clone().requires_grad_(True)) for n, m in mom_k.items()}
-                nu_k = nu.detach().clone().requires_grad_(True)
+                theta_k = {n: t.detach().requires_grad_(True) for n, t in theta_k.items()}
+                mom_k = {n: (None if m is None else m.detach().requires_grad_(True)) for n, m in mom_k.items()}
+                nu_k = nu.detach().requires_grad_(True)
                 (x, y), lr = batches[k], lrs[k]
                 out_theta, out_mom = _func_step(model, loss, theta_k, mom_k, torch.exp(nu_k), x, y, lr, kind, xi, sgd)
                 outs, cot = list(out_theta.values()), list(lam.values())
