@@ -23,8 +23,8 @@ import torch
 
 from hpo_bench.batched import run_batched
 from hpo_bench.config import validate_spec
-from hpo_bench.experiment import execute_trial
-from hpo_bench.search import grid_trials
+from hpo_bench.execute import execute_trial
+from hpo_bench.trial import grid_trials
 from hpo_bench.store import ResultsStore
 
 LOSSES = ["last_train_loss", "last_val_loss", "last_test_loss"]

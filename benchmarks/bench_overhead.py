@@ -22,7 +22,6 @@ import argparse
 import statistics
 import sys
 import time
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -31,13 +30,11 @@ from hpo_bench.config import DataConfig, TrainConfig
 from hpo_bench.data import load_data
 from hpo_bench.models import create_model
 from hpo_bench.trainer import StepContext, Trainer, lr_at
-from searchers import create_strategy
+from hpo_bench.strategy import create_strategy
 
 
-def train_cfg(epochs: int, device: str, batch_size: int = 100) -> SimpleNamespace:
-    cfg = dict(vars(TrainConfig()))
-    cfg.update(epochs=epochs, device=device, batch_size=batch_size)
-    return SimpleNamespace(**cfg)
+def train_cfg(epochs: int, device: str, batch_size: int = 100) -> TrainConfig:
+    return TrainConfig(epochs=epochs, device=device, batch_size=batch_size)
 
 
 def sync(device):

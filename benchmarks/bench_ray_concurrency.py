@@ -26,8 +26,8 @@ import pandas as pd
 
 from hpo_bench.config import SearchConfig, validate_spec
 from hpo_bench.engines import get_engine
-from hpo_bench.experiment import trial_data
-from hpo_bench.search import grid_trials
+from hpo_bench.execute import trial_data
+from hpo_bench.trial import grid_trials
 from hpo_bench.store import ResultsStore
 
 METRICS = ["best_val_acc", "test_acc", "last_train_loss", "last_val_loss", "last_test_loss", "grad_evals"]

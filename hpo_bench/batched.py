@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import math
 import time
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
+from hpo_bench.config import TrainConfig
 from hpo_bench.data import to_device_async
-from hpo_bench.experiment import Trial, result_curves, result_row, trial_data
+from hpo_bench.execute import execute_trial, result_curves, result_row, trial_data
 from hpo_bench.ledger import Ledger
 from hpo_bench.models import create_model, stacked_forward
 from hpo_bench.perturbation import EPS, bn_modules, global_norm
@@ -88,7 +88,7 @@ def _stacked_passes(model_name: str, meta, P: int):
 def train_batched(trials: list[Trial], device=None) -> list[tuple[dict, "object"]]:
     """Train the grid ``trials`` (see :func:`can_batch`) together; return [(row, curves)] in order."""
     t0 = trials[0]
-    cfg = SimpleNamespace(**t0.train)
+    cfg = TrainConfig(**t0.train)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dev = resolve_device(device or cfg.device)
@@ -198,8 +198,6 @@ def run_batched(trials: list[Trial], store, device=None, progress=None) -> list[
                 if progress is not None:
                     progress.finish(row)
         else:
-            from hpo_bench.experiment import execute_trial
-
             for t in group:
                 row = execute_trial(t, store, device=device)
                 if progress is not None:

@@ -49,7 +49,7 @@ def cmd_run(args) -> int:
     check_out_dir(out)
     import dataclasses
 
-    from hpo_bench.experiment import data_for
+    from hpo_bench.execute import data_for
 
     for _, sspec in settings(spec):  # load (and validate) every data set before writing anything
         data_for(dataclasses.asdict(sspec.data))
@@ -76,7 +76,7 @@ def cmd_run(args) -> int:
 def cmd_list(args) -> int:
     from hpo_bench.engines import list_engines
     from hpo_bench.models import list_models, model_doc
-    from searchers import get_strategy_class, list_strategies
+    from hpo_bench.strategy import get_strategy_class, list_strategies
 
     print("models:")
     for name in list_models():

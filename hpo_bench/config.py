@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import itertools
-import json
 import math
 import sys
 import typing
@@ -35,9 +33,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-
-class SpecError(ValueError):
-    """A spec, flag or override is invalid. ``str(err)`` is one line: ``field: problem; allowed: ...``."""
+from hpo_bench.errors import SpecError
+from hpo_bench.identity import stable_hash
+from hpo_bench.models import list_models
+from hpo_bench.storage_url import validate_storage_url
+from hpo_bench.strategy import get_strategy_class, list_strategies
 
 
 def spec_field(default, *, choices=None, lo=None, hi=None, lo_open=False, hi_open=False, doc=""):
@@ -213,8 +213,6 @@ def _validate_rho(where: str, rho) -> list[float]:
 
 
 def validate_search(raw: dict, where: str) -> SearchConfig:
-    from hpo_bench.storage_url import validate_storage_url  # local import: keeps config import-light
-
     search = build_dataclass(SearchConfig, raw, where)
     if search.kind in ("grid", "asha"):
         search.grid = _validate_rho(f"{where}.grid", search.grid)
@@ -236,9 +234,6 @@ def validate_search(raw: dict, where: str) -> SearchConfig:
 
 def validate_spec(raw: dict) -> ExperimentSpec:
     """Turn a parsed TOML dict into a validated :class:`ExperimentSpec` (raises SpecError)."""
-    from searchers import get_strategy_class, list_strategies
-    from hpo_bench.models import list_models
-
     raw = copy.deepcopy(raw)
     top = {k: v for k, v in raw.items() if k not in _SECTIONS}
     spec = build_dataclass(ExperimentSpec, top, "")
@@ -377,8 +372,3 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> ExperimentSpec:
         parts, value = parse_override(text)
         apply_override(raw, parts, value)
     return validate_spec(raw)
-
-
-def stable_hash(obj) -> str:
-    """SHA-1 of a canonical JSON dump (sorted keys); identical configs give identical hashes."""
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

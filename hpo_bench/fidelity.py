@@ -35,7 +35,6 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -44,7 +43,7 @@ import torch
 from hpo_bench.hypergrad import SGDConfig, capture_state, hypergrad_higher
 from hpo_bench.perturbation import asam_direction, asam_scale, sam_direction
 from hpo_bench.trainer import Trainer, lr_at
-from searchers.base import Strategy
+from hpo_bench.strategy import Strategy
 from searchers.lets import METRICS, PROTOCOL_SOURCE, gb_direction, lets_dM_drho, metric_and_grad
 
 ESTIMATORS = ("lets_appendix", "lets_literal", "exact_k1")
@@ -175,7 +174,7 @@ def cmd_fidelity(args) -> int:
     xi = float(method.params.get("xi", 0.01))
     protocol = method.params.get("protocol", "clean")
     data = load_data(sspec.data)
-    cfg = SimpleNamespace(**dataclasses.asdict(sspec.train))
+    cfg = sspec.train
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed = sspec.seeds[0]

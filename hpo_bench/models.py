@@ -6,14 +6,25 @@ docstring is what ``hpo-bench list`` prints.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-_MODELS: dict[str, Callable[[int, tuple], nn.Module]] = {}
-_STACKED: dict[str, Callable[[dict, torch.Tensor], torch.Tensor]] = {}
+from hpo_bench.registry import Registry
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its factory and, optionally, a stacked forward for populations."""
+
+    factory: Callable[[int, tuple], nn.Module]
+    stacked: Callable[[dict, torch.Tensor], torch.Tensor] | None = None
+
+
+MODELS: Registry[ModelEntry] = Registry("model", "model.name")
 
 
 def register_model(name: str, stacked: Callable[[dict, torch.Tensor], torch.Tensor] | None = None):
@@ -21,13 +32,11 @@ def register_model(name: str, stacked: Callable[[dict, torch.Tensor], torch.Tens
 
     ``stacked(params, x) -> (P, B, classes)``, if given, runs P copies of the model at once from
     parameters stacked along a leading dim (``torch.func.stack_module_state`` names); the batched
-    grid uses it instead of ``vmap`` over the module.
+    grid uses it instead of ``vmap`` over the module. A name registered twice is a ValueError.
     """
 
     def wrap(factory):
-        _MODELS[name] = factory
-        if stacked is not None:
-            _STACKED[name] = stacked
+        MODELS.register(name, ModelEntry(factory, stacked))
         return factory
 
     return wrap
@@ -35,21 +44,19 @@ def register_model(name: str, stacked: Callable[[dict, torch.Tensor], torch.Tens
 
 def stacked_forward(name: str) -> Callable[[dict, torch.Tensor], torch.Tensor] | None:
     """The stacked forward registered for model ``name``, or None."""
-    return _STACKED.get(name)
+    return MODELS.get(name).stacked
 
 
 def list_models() -> list[str]:
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def model_doc(name: str) -> str:
-    return (_MODELS[name].__doc__ or "").strip().splitlines()[0]
+    return (MODELS.get(name).factory.__doc__ or "").strip().splitlines()[0]
 
 
 def create_model(name: str, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
-    if name not in _MODELS:
-        raise ValueError(f"model.name: unknown model {name!r}; allowed: {', '.join(list_models())}")
-    return _MODELS[name](num_classes, tuple(input_shape))
+    return MODELS.get(name).factory(num_classes, tuple(input_shape))
 
 
 def _he_init(module: nn.Module) -> nn.Module:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
+from hpo_bench.errors import SpecError
+
 ALLOWED = ("sqlite:///PATH", "postgresql://USER@HOST/DB", "mysql://USER@HOST/DB", "journal:///PATH")
 _RDB_SCHEMES = {"sqlite", "postgresql", "postgres", "mysql", "oracle", "mssql"}
 
@@ -13,8 +15,6 @@ def validate_storage_url(url: str, where: str = "search.storage") -> str:
     '' means the default (a journal file in the run directory); ``journal:///path`` a journal
     file elsewhere; any SQLAlchemy RDB URL (``sqlite:///``, ``postgresql[+driver]://``, ``mysql[+driver]://``).
     """
-    from hpo_bench.config import SpecError
-
     if url == "":
         return url
     parsed = urlparse(url)

@@ -26,7 +26,8 @@ from hpo_bench.data import DataBundle, to_device_async
 from hpo_bench.ledger import Ledger
 from hpo_bench.models import create_model
 from hpo_bench.perturbation import bn_modules, frozen_bn_stats
-from searchers.base import Diverged, Strategy
+from hpo_bench.config import TrainConfig
+from hpo_bench.strategy import Diverged, Strategy
 
 VAL_STREAM, AUG_STREAM = 10_007, 20_011  # seed offsets of the validation and augmentation generators
 MEM_CHECK_EVERY = 10  # steps between memory-budget checks
@@ -149,17 +150,18 @@ class StepContext:
         return self.trainer.extra_batch(source)
 
 
-def train_dtype(train_cfg) -> torch.dtype:
-    """The torch dtype of weights and compute named by ``train.dtype`` (float32 if absent)."""
-    return getattr(torch, getattr(train_cfg, "dtype", "float32"))
+def train_dtype(train_cfg: TrainConfig) -> torch.dtype:
+    """The torch dtype of weights and compute named by ``train.dtype``."""
+    return getattr(torch, train_cfg.dtype)
 
 
 class Trainer:
     """Train one model with one strategy; returns a :class:`RunResult`."""
 
-    def __init__(self, data: DataBundle, model_name: str, train_cfg, strategy: Strategy, seed: int,
-                 device: torch.device | str = "cpu", on_epoch=None, progress=None):
+    def __init__(self, data: DataBundle, model_name: str, train_cfg: TrainConfig, strategy: Strategy, seed: int,
+                 device: torch.device | str = "cpu", on_epoch=None, progress=None, max_steps: int = 0):
         self.cfg = train_cfg
+        self.max_steps = max_steps  # > 0: stop (status 'stopped') after this many steps
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.dtype = train_dtype(train_cfg)
@@ -282,6 +284,8 @@ class Trainer:
             ctx.step += 1
             if self.progress is not None:
                 self.progress.update(1)
+            if ctx.step == self.max_steps:
+                raise RunStopped("stopped", f"max_steps={self.max_steps} reached", ctx.step)
 
     def fit(self) -> RunResult:
         cfg, result = self.cfg, RunResult()

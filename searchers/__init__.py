@@ -1,52 +1,20 @@
-"""ρ-selection strategies: one module per strategy, registered by decorator (timm-style).
+"""Every ρ-selection strategy, one module each (timm-style: a class decorated with ``@register_strategy``).
 
-``list_strategies()`` names every registered per-run strategy; ``create_strategy(name, rho, params)``
-builds one. Modules in this package are imported on first use, so a new strategy is one new file.
+Per-run strategies (the trainer's hooks, :class:`hpo_bench.strategy.Strategy`):
+
+* :mod:`searchers.fixed`      — ERM, SAM and ASAM at a fixed ρ
+* :mod:`searchers.lets`       — LETS-SAM / LETS-ASAM: ρ learned by the bilevel gradient of Algorithm 1
+* :mod:`searchers.hypergrad`  — ρ learned by the exact unrolled hypergradient (``higher`` / ``torch.func``)
+* :mod:`searchers.ae_sam`     — AE-SAM: SAM steps only where the gradient norm says the region is sharp
+* :mod:`searchers.looksam`    — LookSAM / AE-LookSAM: reuse of SAM's orthogonal component
+* :mod:`searchers.samar`      — SAMAR: SAM with a weight λ adapted from a sharpness ratio
+
+Search kinds over ρ (which trials an engine runs and how ρ* is chosen):
+:mod:`searchers.searches` — ``grid``, ``tpe``, ``asha``, ``sweep``.
+
+Importing this package registers everything with :mod:`hpo_bench`'s registries; ``hpo_bench``
+finds it through the ``hpo_bench.strategies`` entry point and never imports it directly.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
-from searchers.base import Diverged, NoParams, Strategy
-
-_REGISTRY: dict[str, type[Strategy]] = {}
-_LOADED = False
-
-
-def register_strategy(cls: type[Strategy]) -> type[Strategy]:
-    """Class decorator: add ``cls`` to the registry under ``cls.name``."""
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"strategy {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load_all() -> None:
-    global _LOADED
-    if not _LOADED:
-        for mod in pkgutil.iter_modules(__path__):
-            if not mod.name.startswith("_"):
-                importlib.import_module(f"{__name__}.{mod.name}")
-        _LOADED = True
-
-
-def list_strategies() -> list[str]:
-    _load_all()
-    return sorted(_REGISTRY)
-
-
-def get_strategy_class(name: str) -> type[Strategy]:
-    _load_all()
-    if name not in _REGISTRY:
-        raise ValueError(f"strategy: unknown strategy {name!r}; allowed: {', '.join(list_strategies())}")
-    return _REGISTRY[name]
-
-
-def create_strategy(name: str, rho: float, params: dict | None = None) -> Strategy:
-    cls = get_strategy_class(name)
-    return cls(rho, cls.Params(**(params or {})))
-
-
-__all__ = ["Diverged", "NoParams", "Strategy", "create_strategy", "get_strategy_class",
-           "list_strategies", "register_strategy"]
+from searchers import ae_sam, fixed, hypergrad, lets, looksam, samar  # noqa: F401  (registration)

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from searchers import register_strategy
-from searchers.base import Strategy
 from hpo_bench.perturbation import asam_direction, asam_scale, sam_direction
+from hpo_bench.strategy import Strategy, register_strategy
 
 
 @register_strategy

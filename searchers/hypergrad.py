@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from hpo_bench.config import spec_field
 from hpo_bench.hypergrad import IMPLS, SGDConfig, capture_state
 from hpo_bench.perturbation import asam_direction, asam_scale, sam_direction
+from hpo_bench.strategy import Strategy, register_strategy
 from hpo_bench.trainer import lr_at
-from searchers import register_strategy
-from searchers.base import Strategy
 from searchers.lets import PROTOCOL_SOURCE, RhoLearner, RhoLearnerParams
 
 

@@ -55,9 +55,13 @@ from dataclasses import dataclass
 import torch
 
 from hpo_bench.config import spec_field
-from hpo_bench.perturbation import asam_direction, asam_scale, global_norm, sam_direction
-from searchers import register_strategy
-from searchers.base import Diverged, Strategy
+from hpo_bench.perturbation import (
+    asam_direction,
+    asam_scale,
+    global_norm,
+    sam_direction,
+)
+from hpo_bench.strategy import Diverged, Strategy, register_strategy
 
 METRICS = ("sq_gap", "gap", "val_loss")
 PROTOCOL_SOURCE = {"clean": "val", "paper": "train"}

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 from hpo_bench.config import spec_field
 from hpo_bench.perturbation import EPS, global_norm, sam_direction
-from searchers import register_strategy
+from hpo_bench.strategy import Strategy, register_strategy
 from searchers.ae_sam import AEPolicy, AEPolicyParams
-from searchers.base import Strategy
 
 
 class _ReuseMixin:

@@ -19,8 +19,7 @@ import torch
 
 from hpo_bench.config import SpecError, spec_field
 from hpo_bench.perturbation import global_norm, sam_direction
-from searchers import register_strategy
-from searchers.base import Strategy
+from hpo_bench.strategy import Strategy, register_strategy
 
 
 @dataclass

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -30,11 +29,10 @@ def synthetic_bundle(n_train=64, n_val=32, n_test=32, dim=6, classes=3, seed=0, 
                       num_classes=classes, input_shape=(dim,), augment=None)
 
 
-def train_cfg(**kw) -> SimpleNamespace:
-    base = dict(vars(TrainConfig()))
-    base.update(dict(epochs=2, batch_size=16, lr=0.1, eval_batch_size=64, device="cpu"))
+def train_cfg(**kw) -> TrainConfig:
+    base = dict(epochs=2, batch_size=16, lr=0.1, eval_batch_size=64, device="cpu")
     base.update(kw)
-    return SimpleNamespace(**base)
+    return TrainConfig(**base)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hpo_bench.trainer import Trainer
-from searchers import create_strategy
+from hpo_bench.strategy import create_strategy
 from searchers.ae_sam import AEPolicy, AEPolicyParams
 from searchers.samar import SAMARParams, samar_lambda_update
 from tests.conftest import synthetic_bundle, train_cfg

@@ -6,8 +6,8 @@ import pytest
 
 from hpo_bench.batched import can_batch, run_batched
 from hpo_bench.config import validate_spec
-from hpo_bench.experiment import execute_trial
-from hpo_bench.search import grid_trials
+from hpo_bench.execute import execute_trial
+from hpo_bench.trial import grid_trials
 from hpo_bench.store import ResultsStore
 
 COLS = ["best_val_acc", "test_acc", "last_val_acc", "last_test_acc", "last_train_loss", "last_val_loss", "last_test_loss"]

@@ -8,7 +8,9 @@ import pytest
 
 from hpo_bench.config import SearchConfig, SpecError, validate_spec
 from hpo_bench.engines import get_engine
-from hpo_bench.search import grid_trials, run_search, select
+from hpo_bench.search import run_search
+from hpo_bench.selection import select
+from hpo_bench.trial import grid_trials
 from hpo_bench.storage_url import validate_storage_url
 from hpo_bench.store import ResultsStore
 
@@ -255,7 +257,8 @@ def test_ray_tpe_runs_n_trials_and_rerun_trains_nothing(tmp_path, ray_session):
 def test_sweep_dispatches_a_learned_rho_method_through_ray(tmp_path, ray_session):
     """Seeds × ρ₀ of LETS-SAM run as Ray Tune trials: plain rows (no selection), local run ids."""
     from hpo_bench.config import validate_spec
-    from hpo_bench.experiment import method_trials, run_experiment
+    from hpo_bench.experiment import run_experiment
+    from hpo_bench.trial import method_trials
     from hpo_bench.store import ResultsStore
 
     raw = {"name": "sweep", "seeds": [0, 1], "data": {"num_samples": 500}, "model": {"name": "mnist1d_mlp"},

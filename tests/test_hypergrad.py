@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from hpo_bench.hypergrad import SGDConfig, capture_state, hypergrad_func, hypergrad_higher, hypergrad_recompute
 from hpo_bench.models import create_model
 from hpo_bench.trainer import StepContext, Trainer, lr_at
-from searchers import create_strategy
+from hpo_bench.strategy import create_strategy
 from tests.conftest import ROOT, synthetic_bundle, train_cfg
 
 D = torch.float64

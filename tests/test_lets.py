@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from hpo_bench.config import SpecError, validate_spec
 from hpo_bench.trainer import StepContext, Trainer, lr_at
-from searchers import create_strategy
-from searchers.base import Diverged
+from hpo_bench.strategy import create_strategy
+from hpo_bench.strategy import Diverged
 from searchers.lets import RhoLearner, RhoLearnerParams, metric_and_grad
 from tests.conftest import synthetic_bundle, train_cfg
 
@@ -188,7 +188,7 @@ def test_spec_validation_of_lets_params():
 
 def test_reuse_next_grad_variant_costs_three_passes_and_uses_the_next_first_gradient():
     from hpo_bench.trainer import Trainer
-    from searchers import create_strategy
+    from hpo_bench.strategy import create_strategy
     from tests.conftest import synthetic_bundle, train_cfg
 
     tr = Trainer(synthetic_bundle(), "tiny_bn", train_cfg(epochs=2),

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from hpo_bench.perturbation import asam_direction, asam_scale, frozen_bn_stats, sam_direction
 from hpo_bench.trainer import Trainer, lr_at
-from searchers import create_strategy
+from hpo_bench.strategy import create_strategy
 from tests.conftest import synthetic_bundle, train_cfg
 
 
@@ -172,7 +172,7 @@ def test_frozen_pass_keeps_num_batches_tracked():
 
 def test_float64_runs_in_float64_and_default_dtype_keeps_run_ids():
     from hpo_bench.config import validate_spec
-    from hpo_bench.experiment import make_trial
+    from hpo_bench.trial import make_trial
 
     spec = validate_spec({"name": "d", "seeds": [0], "methods": [{"strategy": "sam"}]})
     trial = make_trial(spec, spec.methods[0], 0.05, 0, {})

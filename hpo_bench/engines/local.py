@@ -5,7 +5,8 @@ vectorized pass (:mod:`hpo_bench.batched`).
 """
 from __future__ import annotations
 
-from hpo_bench.experiment import execute_trial
+from hpo_bench.batched import run_batched
+from hpo_bench.execute import execute_trial
 
 
 class LocalEngine:
@@ -14,8 +15,6 @@ class LocalEngine:
 
     def run_trials(self, trials, store, progress=None) -> list[dict]:
         if getattr(self.cfg, "batched", False):
-            from hpo_bench.batched import run_batched
-
             return run_batched(trials, store, device=self.device, progress=progress)
         rows = []
         for trial in trials:

@@ -43,7 +43,9 @@ import queue as queue_mod
 import re
 from pathlib import Path
 
-from hpo_bench.experiment import Trial, execute_trial, make_trial
+from hpo_bench.execute import execute_trial
+from hpo_bench.store import ResultsStore
+from hpo_bench.trial import Trial, make_trial
 
 DEFAULT_JOURNAL = "optuna.journal"
 
@@ -100,7 +102,6 @@ def _worker_loop(job: dict, tokens, progress=None) -> None:
     """Take a token, ask, run, tell; until the tokens run out. Used in-process and in workers."""
     import torch
 
-    from hpo_bench.store import ResultsStore
 
     optuna = _quiet_optuna()
     from optuna.trial import TrialState

@@ -61,7 +61,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from hpo_bench.experiment import Trial, execute_trial, make_trial, result_curves, result_row
+from hpo_bench.execute import execute_trial, result_curves, result_row, trial_trainer
+from hpo_bench.store import ResultsStore
+from hpo_bench.trainer import RunResult, resolve_device
+from hpo_bench.trial import Trial, grid_trials, make_trial
 
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -173,7 +176,6 @@ def make_grid_trainable(trials_by_id: dict, store_root: str, device, cwd: str, t
     def hpo_trial(config):
         from ray import tune
 
-        from hpo_bench.store import ResultsStore
 
         _enter_trial(cwd, threads)
         trial = Trial.from_dict(trials_by_id[config["run_id"]])
@@ -203,7 +205,6 @@ def make_tpe_trainable(template: dict, seeds: list, store_root: str, device, cwd
     def hpo_rho(config):
         from ray import tune
 
-        from hpo_bench.store import ResultsStore
 
         _enter_trial(cwd, threads)
         store = ResultsStore(store_root)
@@ -222,53 +223,17 @@ def make_tpe_trainable(template: dict, seeds: list, store_root: str, device, cwd
 
 # ----------------------------------------------------------------------------- ASHA helpers
 
-class _ProbeDone(Exception):
-    pass
-
-
-class _ProbeBar:
-    """A progress stand-in that ends training after ``k`` steps (used to price one epoch)."""
-
-    def __init__(self, k: int):
-        self.k, self.n = k, 0
-
-    def reset(self, total=None):
-        pass
-
-    def set_postfix(self, **kw):
-        pass
-
-    def update(self, n=1):
-        self.n += n
-        if self.n >= self.k:
-            raise _ProbeDone
-
-
 def grad_evals_per_epoch(trial: Trial, device=None, probe_steps: int = 5) -> float:
     """Gradient evaluations of one epoch of ``trial``, from its first ``probe_steps`` steps."""
-    from types import SimpleNamespace
-
-    from hpo_bench.experiment import trial_data
-    from hpo_bench.trainer import Trainer, resolve_device
-    from searchers import create_strategy
-
-    cfg = SimpleNamespace(**trial.train)
-    dev = resolve_device(device or cfg.device)
-    strategy = create_strategy(trial.strategy, trial.rho, trial.params)
-    trainer = Trainer(trial_data(trial), trial.model["name"], cfg, strategy, trial.seed, dev)
+    trainer = trial_trainer(trial, device)
     k = min(probe_steps, trainer.steps_per_epoch)
-    trainer.progress = _ProbeBar(k)
-    try:
-        trainer.fit()
-    except _ProbeDone:
-        pass
+    trainer.max_steps = k
+    trainer.fit()
     return max(1.0, trainer.ledger.grad_evals / max(1, k) * trainer.steps_per_epoch)
 
 
 def stopped_row(trial: Trial, frame, device) -> tuple[dict, object]:
     """Row + curves of a trial Tune stopped early, from its reported epoch results."""
-    from hpo_bench.trainer import RunResult, resolve_device
-
     epochs_df = frame[frame["phase"] == "epoch"] if "phase" in frame else frame.iloc[:0]
     keys = epochs_df["epoch_keys"].iloc[0].split(",") if len(epochs_df) else []
     epochs = []
@@ -386,8 +351,6 @@ class RayEngine:
 
     def _run_adaptive(self, spec, method, setting, tag, store) -> list[dict]:
         if self.cfg.kind == "asha":
-            from hpo_bench.search import grid_trials
-
             return self._run_set(grid_trials(spec, method, setting, tag), store, scheduler_kind="asha")
         if self.cfg.kind != "tpe":
             raise ValueError(f"search.kind: {self.cfg.kind!r} is not adaptive; allowed: tpe, asha")

@@ -1,0 +1,50 @@
+"""Selecting ρ* from a search's runs, its anytime curve and its summary: pure pandas, no torch.
+
+Protocol (METHODS.md §2): ρ* maximizes the mean over seeds of the best validation accuracy
+(held-out split carved from the training set, never the test set); the reported accuracy is
+the TEST accuracy of the runs at ρ* (mean ± std over seeds); the cost is the SUM over every
+trial of the search. Diverged/stopped trials count in the cost but can never be selected.
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+COST_COLUMNS = ["grad_evals", "fwd_evals", "wall_s", "device_s"]
+
+
+def select(rows: pd.DataFrame) -> dict:
+    """ρ* = argmax over ρ of mean best-val-accuracy across seeds (ok runs only); accuracy at ρ*."""
+    ok = rows[rows["status"] == "ok"]
+    out = {"n_trials": int(len(rows)), "n_failed": int((rows["status"] != "ok").sum())}
+    out.update({f"cost_{c}": float(rows[c].sum()) for c in COST_COLUMNS if c in rows})
+    if ok.empty:
+        return {**out, "rho_star": math.nan, "val_acc_mean": math.nan, "test_acc_mean": math.nan,
+                "test_acc_std": math.nan, "n_seeds_at_star": 0}
+    by_rho = ok.groupby("rho0")["best_val_acc"].mean()
+    rho_star = float(by_rho.idxmax())
+    at = ok[ok["rho0"] == rho_star]
+    return {**out, "rho_star": rho_star, "val_acc_mean": float(by_rho.max()),
+            "test_acc_mean": float(at["test_acc"].mean()),
+            "test_acc_std": float(at["test_acc"].std(ddof=1)) if len(at) > 1 else 0.0,
+            "n_seeds_at_star": int(len(at))}
+
+
+def anytime_curve(rows: pd.DataFrame, label: str) -> pd.DataFrame:
+    """Best-so-far selected test accuracy after each finished trial vs cumulative cost."""
+    rows = rows.sort_values(["finished_at", "run_id"]) if "finished_at" in rows else rows
+    out = []
+    for k in range(1, len(rows) + 1):
+        sel = select(rows.iloc[:k])
+        out.append({"method": label, "trial": k, "cum_grad_evals": float(rows["grad_evals"].iloc[:k].sum()),
+                    "cum_wall_s": float(rows["wall_s"].iloc[:k].sum()), "rho_star": sel["rho_star"],
+                    "test_acc": sel["test_acc_mean"]})
+    return pd.DataFrame(out)
+
+
+def summarize(label: str, strategy: str, tag: str, setting: dict, rows: pd.DataFrame) -> dict:
+    """A search's summary row (ρ*, accuracy at ρ*, summed cost, setting) and its anytime curve."""
+    settings = {f"setting.{k}": v for k, v in setting.items()}
+    summary = {"method": label, "strategy": strategy, "search": tag, **select(rows), **settings}
+    return {"summary": summary, "anytime": anytime_curve(rows, label).assign(**settings)}
