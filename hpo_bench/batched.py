@@ -32,8 +32,11 @@ from hpo_bench.data import to_device_async
 from hpo_bench.execute import execute_trial, result_curves, result_row, trial_data
 from hpo_bench.ledger import Ledger
 from hpo_bench.models import create_model, stacked_forward
-from hpo_bench.perturbation import EPS, bn_modules, global_norm
+from hpo_bench.perturbation import EPS, asam_T, bn_modules, global_norm
+from hpo_bench.seeds import train_augment, train_order
+from hpo_bench.sgd import SGDConfig, sgd_update
 from hpo_bench.trainer import RunResult, lr_at, resolve_device, train_dtype
+from hpo_bench.trial import Trial
 
 SUPPORTED = ("sam", "asam")
 
@@ -109,8 +112,8 @@ def train_batched(trials: list[Trial], device=None) -> list[tuple[dict, "object"
     n = len(data.train_y)
     spe = max(1, math.ceil(n / cfg.batch_size))
     total = spe * cfg.epochs
-    gen = torch.Generator().manual_seed(t0.seed)
-    aug_gen = torch.Generator().manual_seed(t0.seed + 20_011)
+    gen, aug_gen = train_order(t0.seed), train_augment(t0.seed)
+    sgd = SGDConfig(momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     momentum = {}
     results = [RunResult() for _ in trials]
     alive = torch.ones(P, dtype=torch.bool)
@@ -143,7 +146,7 @@ def train_batched(trials: list[Trial], device=None) -> list[tuple[dict, "object"
             lr = lr_at(step, total, cfg.lr, cfg.schedule)
             g, loss = grad_fn(params, x, y)
             if asam:
-                scale = {k: (params[k].abs() + xi) if "weight" in k else None for k in names}
+                scale = {k: asam_T(k, params[k], xi) for k in names}
                 tg = {k: g[k] if scale[k] is None else scale[k] * g[k] for k in names}
                 inv = rho / (_per_model_norm(tg, P) + EPS)
                 eps = {k: _bcast(inv, g[k]) * (tg[k] if scale[k] is None else scale[k] * tg[k]) for k in names}
@@ -153,12 +156,7 @@ def train_batched(trials: list[Trial], device=None) -> list[tuple[dict, "object"
             g_hat, _ = grad_fn({k: params[k] + eps[k] for k in names}, x, y)
             with torch.no_grad():
                 for k in names:
-                    d = g_hat[k].add(params[k], alpha=cfg.weight_decay) if cfg.weight_decay else g_hat[k]
-                    if k in momentum:
-                        momentum[k].mul_(cfg.momentum).add_(d)
-                    else:
-                        momentum[k] = d.clone()
-                    params[k].add_(momentum[k], alpha=-lr)
+                    params[k], momentum[k] = sgd_update(params[k], g_hat[k], momentum.get(k), lr, sgd)
             bad = ~torch.isfinite(loss.detach()).cpu() & alive
             for i in torch.nonzero(bad).flatten().tolist():
                 results[i].status, results[i].reason, results[i].stop_step = "diverged", f"non-finite training loss ({float(loss[i])})", step

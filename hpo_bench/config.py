@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import itertools
 import math
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -147,14 +148,31 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+INT_MAX = 2**31 - 1  # every integer field (seeds, epochs, sizes) fits a C int: numpy, torch and Ray accept it
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} chars)"
+
+
 def _check_number(path: str, value, tp):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    if tp is int and not (isinstance(value, int) or float(value).is_integer()):
-        raise SpecError(f"{path}: expected an integer, got {value!r}")
-    if not math.isfinite(value):
-        raise SpecError(f"{path}: expected a finite number, got {value!r}")
-    return int(value) if tp is int else float(value)
+        raise SpecError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {_short(value)}")
+    if tp is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise SpecError(f"{path}: expected an integer, got {_short(value)}")
+        if isinstance(value, float) and not math.isfinite(value) or abs(value) > INT_MAX:
+            raise SpecError(f"{path}: {_short(value)} is out of range; allowed: integers with |value| <= {INT_MAX}")
+        return int(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise SpecError(f"{path}: {_short(value)} is out of range; allowed: a finite number") from None
+    if not math.isfinite(number):
+        raise SpecError(f"{path}: expected a finite number, got {_short(value)}")
+    return number
 
 
 def check_value(path: str, value, tp, meta: dict):
@@ -169,7 +187,7 @@ def check_value(path: str, value, tp, meta: dict):
             raise SpecError(f"{path}: expected a string, got {value!r}")
     choices = meta.get("choices")
     if choices is not None and value not in choices:
-        raise SpecError(f"{path}: {value!r} is not allowed; allowed: {', '.join(map(str, choices))}")
+        raise SpecError(f"{path}: {_short(value)} is not allowed; allowed: {', '.join(map(str, choices))}")
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
         op = ">" if meta.get("lo_open") else ">="
@@ -241,16 +259,14 @@ def validate_spec(raw: dict) -> ExperimentSpec:
         setattr(spec, name, build_dataclass(cls, raw.get(name, {}), name))
     if spec.model.name not in list_models():
         raise SpecError(f"model.name: unknown model {spec.model.name!r}; allowed: {', '.join(list_models())}")
-    if spec.train.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise SpecError("train.device: 'cuda' requested but no CUDA GPU is available; allowed: auto, cpu")
+    if not NAME_PATTERN.fullmatch(spec.name):
+        raise SpecError(f"name: {_short(spec.name)} cannot name an output folder; allowed: 1-80 letters, digits, "
+                        "'.', '_' or '-', starting with a letter or digit")
     if not isinstance(spec.seeds, list) or not spec.seeds:
         raise SpecError("seeds: expected a non-empty list of non-negative integers")
     for i, s in enumerate(spec.seeds):
-        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-            raise SpecError(f"seeds[{i}]: {s!r} is not allowed; allowed: non-negative integers")
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= INT_MAX:
+            raise SpecError(f"seeds[{i}]: {_short(s)} is not allowed; allowed: integers in [0, {INT_MAX}]")
     if len(set(spec.seeds)) != len(spec.seeds):
         raise SpecError(f"seeds: duplicate values {spec.seeds}; allowed: distinct integers")
     _validate_vary(spec)
@@ -297,8 +313,11 @@ def _validate_vary(spec: ExperimentSpec):
             raise SpecError(f"vary.{key}: unknown field; allowed: data.*, model.*, train.* fields")
         if not isinstance(values, list) or not values:
             raise SpecError(f"vary.{key}: expected a non-empty list of values")
-        for v in values:  # each value must be valid for the field
-            build_dataclass(_SECTIONS[section], {name: v}, section)
+        # each value must be valid for the field; store it coerced (an integer field gets ints)
+        values = [getattr(build_dataclass(_SECTIONS[section], {name: v}, section), name) for v in values]
+        if len(set(map(repr, values))) != len(values):
+            raise SpecError(f"vary.{key}: duplicate values {values}; allowed: distinct values")
+        spec.vary[key] = values
 
 
 def settings(spec: ExperimentSpec) -> list[tuple[dict, ExperimentSpec]]:
@@ -330,6 +349,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         parsed = tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value
+    except RecursionError:
+        raise SpecError(f"--set {key}: the value nests too deeply; allowed: a TOML value such as 5, 0.1, [1, 2]") from None
     return key.split("."), parsed
 
 
@@ -346,6 +367,8 @@ def apply_override(raw: dict, parts: list[str], value):
             if part not in node:
                 node[part] = {}
             node = node[part]
+        if not isinstance(node, (dict, list)):
+            raise SpecError(f"--set {where}: is a value, not a table; allowed: a key of a table, e.g. train.epochs")
     last = parts[-1]
     if isinstance(node, list):
         if not last.isdigit() or int(last) >= len(node):
@@ -366,6 +389,10 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> ExperimentSpec:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"spec: malformed TOML in {str(path)!r}: {str(err).splitlines()[0]}") from None
+    except RecursionError:
+        raise SpecError(f"spec: {str(path)!r} nests tables or arrays too deeply; allowed: a spec like experiments/*.toml") from None
+    except OSError as err:
+        raise SpecError(f"spec: cannot read {str(path)!r} ({err.strerror}); allowed: a readable .toml file") from None
     except UnicodeDecodeError:
         raise SpecError(f"spec: {str(path)!r} is not UTF-8 text; allowed: a TOML file") from None
     for text in overrides:

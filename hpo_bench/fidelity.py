@@ -31,7 +31,6 @@ into ``<out>/<spec name>-<digest>/``.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from pathlib import Path
@@ -40,11 +39,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hpo_bench.hypergrad import SGDConfig, capture_state, hypergrad_higher
+from hpo_bench.config import load_spec, settings
+from hpo_bench.data import load_data
+from hpo_bench.errors import SpecError
+from hpo_bench.hypergrad import capture_state, hypergrad_higher
 from hpo_bench.perturbation import asam_direction, asam_scale, sam_direction
-from hpo_bench.trainer import Trainer, lr_at
+from hpo_bench.sgd import SGDConfig
+from hpo_bench.store import atomic_write_parquet, check_out_dir, run_dir_for
 from hpo_bench.strategy import Strategy
-from searchers.lets import METRICS, PROTOCOL_SOURCE, gb_direction, lets_dM_drho, metric_and_grad
+from hpo_bench.trainer import Trainer, lr_at, resolve_device
+from hpo_bench.upper import (
+    METRICS,
+    PROTOCOL_SOURCE,
+    gb_direction,
+    lets_dM_drho,
+    metric_and_grad,
+)
 
 ESTIMATORS = ("lets_appendix", "lets_literal", "exact_k1")
 REFERENCES = ("exact_k1", "exact_kK")
@@ -155,12 +165,6 @@ def run_fidelity(data, model_name: str, train_cfg, rho: float, seed: int = 0, *,
 
 # ----------------------------------------------------------------------------- CLI
 def cmd_fidelity(args) -> int:
-    from hpo_bench.cli import _run_dir, check_out_dir
-    from hpo_bench.config import SpecError, load_spec, settings
-    from hpo_bench.data import load_data
-    from hpo_bench.store import atomic_write_parquet
-    from hpo_bench.trainer import resolve_device
-
     spec = load_spec(args.spec, list(args.set or []))
     if args.every < 1 or args.unroll < 1:
         raise SpecError(f"--every/--unroll: {args.every}/{args.unroll}; allowed: integers >= 1")
@@ -178,7 +182,7 @@ def cmd_fidelity(args) -> int:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed = sspec.seeds[0]
-    run_dir = _run_dir(spec, out)
+    run_dir = run_dir_for(spec, out)
     print(f"hpo-bench: fidelity of {spec.name!r}: {kind.upper()} rho={rho}, metric={metric}, every {args.every} steps, "
           f"K=1 and K={args.unroll}, seed {seed} -> {run_dir}", flush=True)
     t0 = time.perf_counter()
@@ -194,14 +198,3 @@ def cmd_fidelity(args) -> int:
           f"results in {run_dir}/ (fidelity.parquet, fidelity_summary.parquet)")
     return 0
 
-
-def add_cli(subparsers) -> None:
-    p = subparsers.add_parser("fidelity", help="LETS vs exact unrolled hypergradients along one fixed-rho SAM run")
-    p.add_argument("spec", help="path to a TOML spec (data/model/train, first seed, first method's rho)")
-    p.add_argument("--out", default="runs", help="output root (default: runs/)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted override, e.g. train.epochs=2")
-    p.add_argument("--every", type=int, default=5, help="probe every N steps (default 5)")
-    p.add_argument("--unroll", type=int, default=5, help="K of the long exact unroll (default 5)")
-    p.add_argument("--metric", choices=list(METRICS), default=None,
-                   help="upper objective (default: the first method's params.metric, else sq_gap)")
-    p.set_defaults(func=cmd_fidelity)

@@ -54,9 +54,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpo_bench.perturbation import EPS, frozen_bn_stats
-
-METRICS = ("sq_gap", "gap", "val_loss")
+from hpo_bench.perturbation import EPS, asam_T, frozen_bn_stats
+from hpo_bench.sgd import SGDConfig, sgd_update
+from hpo_bench.upper import check_metric, upper_metric
 
 
 @dataclass
@@ -66,21 +66,6 @@ class UnrollState:
     params: list
     buffers: dict
     momentum: list  # Tensor or None per parameter
-
-
-@dataclass
-class SGDConfig:
-    """The base optimizer's update rule (torch.optim.SGD semantics)."""
-
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    dampening: float = 0.0
-    nesterov: bool = False
-
-    @classmethod
-    def from_optimizer(cls, opt: torch.optim.SGD) -> "SGDConfig":
-        g = opt.param_groups[0]
-        return cls(g["momentum"], g["weight_decay"], g.get("dampening", 0.0), g.get("nesterov", False))
 
 
 @dataclass
@@ -111,19 +96,10 @@ def _check(model, state, batches, lrs, metric, kind):
         raise ValueError(f"hypergrad: state has {len(state.params)} tensors, model has {len(names)}")
     if len(batches) != len(lrs) or not batches:
         raise ValueError(f"hypergrad: {len(batches)} batches but {len(lrs)} learning rates; allowed: K >= 1 of each")
-    if metric not in METRICS:
-        raise ValueError(f"metric: {metric!r}; allowed: {', '.join(METRICS)}")
+    check_metric(metric)
     if kind not in ("sam", "asam"):
         raise ValueError(f"kind: {kind!r}; allowed: sam, asam")
     return names
-
-
-def _metric(metric: str, lv: torch.Tensor, lt: torch.Tensor) -> torch.Tensor:
-    if metric == "sq_gap":
-        return 0.5 * (lv - lt) ** 2
-    if metric == "gap":
-        return lv - lt
-    return lv
 
 
 def _as_nu(rho=None, nu=None) -> torch.Tensor:
@@ -181,25 +157,22 @@ def hypergrad_higher(model, state: UnrollState, batches, val_batch, lrs, *, rho=
                 norm = torch.sqrt(sum((gi * gi).sum() for gi in g))
                 e_hat = [gi / (norm + EPS) for gi in g]
             else:
-                tg = [(th.abs() + xi) * gi if "weight" in n else gi for n, th, gi in zip(names, theta, g)]
+                T = [asam_T(n, th, xi) for n, th in zip(names, theta)]
+                tg = [gi if t is None else t * gi for t, gi in zip(T, g)]
                 norm = torch.sqrt(sum((v * v).sum() for v in tg))
-                e_hat = [((th.abs() + xi) * v if "weight" in n else v) / (norm + EPS)
-                         for n, th, v in zip(names, theta, tg)]
+                e_hat = [(v if t is None else t * v) / (norm + EPS) for t, v in zip(T, tg)]
             pert = [th + rho_t.to(th.dtype) * e for th, e in zip(theta, e_hat)]
             g_hat = torch.autograd.grad(loss(pert, x, y, True), pert, create_graph=True)
             new_theta, new_bufs = [], []
             for th, gh, b in zip(theta, g_hat, bufs):
-                d = gh + sgd.weight_decay * th if sgd.weight_decay else gh
-                if sgd.momentum:
-                    b = d if b is None else sgd.momentum * b + (1 - sgd.dampening) * d
-                    d = d + sgd.momentum * b if sgd.nesterov else b
-                new_theta.append(th - lr * d)
+                th, b = sgd_update(th, gh, b, lr, sgd)
+                new_theta.append(th)
                 new_bufs.append(b)
             theta, bufs = new_theta, new_bufs
         (xv, yv), (xt, yt) = val_batch, batches[-1]
         lv = loss(theta, xv, yv, True)
         lt = loss(theta, xt, yt, True) if metric != "val_loss" else lv.detach()
-        M = _metric(metric, lv, lt)
+        M = upper_metric(metric, lv, lt)
         return _finish(M, nu, len(batches), ledger, differentiate)
 
 
@@ -214,28 +187,23 @@ def _func_step(model, loss, theta: dict, mom: dict, rho_t, x, y, lr, kind, xi, s
     """One SAM/ASAM + SGD step of the unroll on tensor dicts (see the module docstring); differentiable."""
     names = list(theta)
     grads = dict(zip(names, torch.autograd.grad(loss(theta, x, y), list(theta.values()), create_graph=True)))
-    T = None if kind == "sam" else {n: (theta[n].abs() + xi if "weight" in n else torch.ones_like(theta[n])) for n in names}
-    scaled = grads if T is None else {n: T[n] * grads[n] for n in names}
+    T = {n: None if kind == "sam" else asam_T(n, theta[n], xi) for n in names}
+    scaled = {n: grads[n] if T[n] is None else T[n] * grads[n] for n in names}
     denom = torch.sqrt(torch.stack([(v ** 2).sum() for v in scaled.values()]).sum()) + EPS
-    unit = {n: (scaled[n] if T is None else T[n] * scaled[n]) / denom for n in names}
+    unit = {n: (scaled[n] if T[n] is None else T[n] * scaled[n]) / denom for n in names}
     pert = {n: theta[n] + rho_t.to(theta[n].dtype) * unit[n] for n in names}
     with frozen_bn_stats(model):
         lp = loss(pert, x, y)
     ghat = dict(zip(names, torch.autograd.grad(lp, list(pert.values()), create_graph=True)))
     step, new_mom = {}, {}
     for n in names:
-        d = ghat[n] + sgd.weight_decay * theta[n]
-        new_mom[n] = mom[n]
-        if sgd.momentum != 0:
-            new_mom[n] = d if mom[n] is None else mom[n] * sgd.momentum + d * (1 - sgd.dampening)
-            d = d + sgd.momentum * new_mom[n] if sgd.nesterov else new_mom[n]
-        step[n] = theta[n] - lr * d
+        step[n], new_mom[n] = sgd_update(theta[n], ghat[n], mom[n], lr, sgd)
     return step, new_mom
 
 
 def _func_metric(model, loss, theta, val_batch, last_batch, metric):
     with frozen_bn_stats(model):
-        return _metric(metric, loss(theta, *val_batch), loss(theta, *last_batch))
+        return upper_metric(metric, loss(theta, *val_batch), loss(theta, *last_batch))
 
 
 def hypergrad_func(model, state: UnrollState, batches, val_batch, lrs, *, rho=None, nu=None, kind="sam",
@@ -339,5 +307,5 @@ def exact_hypergrad(model, state, batches, val_batch, lrs, *, impl: str = "highe
     return IMPLS[impl](model, state, batches, val_batch, lrs, **kw)
 
 
-__all__ = ["HypergradResult", "SGDConfig", "UnrollState", "capture_state", "exact_hypergrad", "hypergrad_func",
+__all__ = ["HypergradResult", "UnrollState", "capture_state", "exact_hypergrad", "hypergrad_func",
            "hypergrad_higher", "hypergrad_recompute"]

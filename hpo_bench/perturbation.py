@@ -29,9 +29,18 @@ def sam_direction(grads: list[torch.Tensor], rho: float = 1.0, norm: torch.Tenso
     return list(torch._foreach_mul(grads, scale))
 
 
+def asam_T(name: str, theta: torch.Tensor, xi: float) -> torch.Tensor | None:
+    """ASAM's T for one tensor: |θ| + ξ if its name contains "weight", else None (T = 1).
+
+    The one place that decides which tensors ASAM scales; differentiable in θ (the exact
+    hypergradient differentiates through it).
+    """
+    return theta.abs() + xi if "weight" in name else None
+
+
 def asam_scale(names: list[str], params: list[torch.Tensor], xi: float) -> list[torch.Tensor | None]:
-    """T for each tensor: |θ| + ξ for weights, None (= 1) for biases/others."""
-    return [p.detach().abs() + xi if "weight" in n else None for n, p in zip(names, params)]
+    """T for each tensor at the current (detached) weights: |θ| + ξ for weights, None (= 1) for others."""
+    return [asam_T(n, p.detach(), xi) for n, p in zip(names, params)]
 
 
 def asam_direction(grads: list[torch.Tensor], scales: list[torch.Tensor | None]) -> list[torch.Tensor]:

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from hpo_bench.errors import SpecError
+
 
 @contextmanager
 def atomic_path(path: Path):
@@ -64,6 +66,38 @@ def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
         df.to_parquet(tmp, index=False)
 
 
+def check_out_dir(out: Path) -> None:
+    """Raise SpecError unless ``out`` is (or can be created as) a writable directory; writes nothing that stays."""
+    if str(out) == "":
+        raise SpecError("--out: empty path; allowed: a writable directory, e.g. runs")
+    if out.is_symlink() and not out.exists():
+        raise SpecError(f"--out: {str(out)!r} is a dangling or looping symlink; allowed: a writable directory")
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"--out: {str(out)!r} exists and is not a directory; allowed: a writable directory")
+    probe = out.absolute()
+    while not probe.exists():
+        if probe.is_symlink():
+            raise SpecError(f"--out: {str(probe)!r} is a dangling or looping symlink; allowed: a writable directory")
+        probe = probe.parent
+    try:  # a real write test: os.access says yes on read-only and pseudo file systems (e.g. /proc) for root
+        fd, tmp = tempfile.mkstemp(prefix=".hpo-bench-probe.", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise SpecError(f"--out: {str(out)!r} is not writable ({err.strerror}); allowed: a writable directory") from None
+
+
+def run_dir_for(spec, out: Path) -> Path:
+    """The results directory of ``spec`` under the output root ``out``: ``<out>/<name>-<digest>``.
+
+    The spec's name is validated (letters, digits, '.', '_', '-'), so the folder is always inside ``out``.
+    """
+    run_dir = out / f"{spec.name}-{spec.digest()}"
+    if run_dir.resolve().parent != out.resolve():
+        raise SpecError(f"name: {spec.name!r} would write outside --out; allowed: a plain folder name")
+    return run_dir
+
+
 def _json_default(obj):
     if hasattr(obj, "item"):
         return obj.item()
@@ -94,6 +128,37 @@ class ResultsStore:
         if not self.trials.exists():
             return []
         return sorted(p.stem for p in self.trials.glob("*.json") if not p.name.startswith("."))
+
+    # -- read-only views of the finished runs (e.g. of a run still in progress): nothing is written
+    def has_metadata(self) -> bool:
+        return (self.root / "metadata.json").is_file()
+
+    def finished_rows(self) -> pd.DataFrame:
+        """One row per finished run in trials/ (in file-name order); a row file that is not JSON is skipped."""
+        rows = []
+        if self.trials.is_dir():
+            for p in sorted(self.trials.glob("*.json")):
+                if not p.name.startswith("."):
+                    try:
+                        rows.append(json.loads(p.read_text()))
+                    except ValueError:
+                        continue
+        return pd.DataFrame(rows)
+
+    def read_curves(self, scope: str, metrics: list[str]) -> pd.DataFrame:
+        """The curve rows of this scope and these metrics: from curves.parquet, or while it is absent
+        from the finished runs' trials/<run_id>.parquet (empty, with the columns, when there are none)."""
+        path = self.root / "curves.parquet"
+        if path.exists():
+            return pd.read_parquet(path, filters=[("scope", "==", scope), ("metric", "in", list(metrics))])
+        df = pd.DataFrame(columns=["run_id", "scope", "epoch", "step", "metric", "value"])
+        if self.trials.is_dir():
+            parts = [pd.read_parquet(p) for p in sorted(self.trials.glob("*.parquet")) if not p.name.startswith(".")]
+            parts = [p for p in parts if len(p)]
+            if parts:
+                df = pd.concat(parts, ignore_index=True)
+                df = df[(df["scope"] == scope) & df["metric"].isin(metrics)]
+        return df
 
     # -- consolidated tables -------------------------------------------------------------------
     def consolidate(self) -> pd.DataFrame:

@@ -20,7 +20,7 @@ package can add a strategy by declaring the same entry point.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, ClassVar
 
@@ -42,18 +42,34 @@ class Diverged(RuntimeError):
     """Raised by a strategy when its own state (e.g. a learned ρ) becomes non-finite."""
 
 
+@dataclass(frozen=True)
+class Reduction:
+    """Parameters under which a strategy trains exactly like another one, bit for bit on CPU.
+
+    ``Strategy(rho if self.rho is None else self.rho, params)`` must give the same weights, BN
+    statistics and per-epoch metrics as ``to`` with ``to_params`` at the same ρ (its ledger may
+    charge more: e.g. LETS with β = 0 still computes its hypergradient).
+    """
+
+    params: dict = field(default_factory=dict)
+    to: str = "sam"
+    to_params: dict = field(default_factory=dict)
+    rho: float | None = None
+
+
 class Strategy(ABC):
     """A per-run rule for perturbing and combining gradients. Subclasses set ``name`` and ``Params``.
 
-    ``reduces_to`` declares the parameters under which the strategy is exactly another one
-    (``(params, "sam")``: these params make every step a SAM step with the same ρ); the shared
-    contract test (``tests/test_strategy_contract.py``) checks that reduction bit for bit.
+    ``reduces_to`` (a :class:`Reduction`) declares the parameters under which the strategy is
+    exactly another one; the shared contract test (``tests/test_strategy_contract.py``) checks that
+    reduction bit for bit, the ledger charge, ``trace``/``summary`` and determinism for every
+    registered strategy, and fails for a strategy that declares none.
     """
 
     name: ClassVar[str]
     summary_doc: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
-    reduces_to: ClassVar[tuple[dict, str] | None] = None
+    reduces_to: ClassVar[Reduction | None] = None
 
     def __init__(self, rho: float, params=None):
         self.rho0 = float(rho)
@@ -63,6 +79,11 @@ class Strategy(ABC):
     @classmethod
     def validate_params(cls, params, where: str) -> None:
         """Cross-field checks beyond types and ranges; raise SpecError. Default: none."""
+
+    @classmethod
+    def uses_validation_split(cls, params) -> bool:
+        """True if a run draws batches from the held-out validation split (it must not be empty)."""
+        return False
 
     def setup(self, trainer: "Trainer") -> None:
         """Called once before the first step (total steps, data, model are known)."""
@@ -87,12 +108,13 @@ class Strategy(ABC):
         return {"rho_final": self.rho}
 
 
-def _load_plugins() -> None:
+def load_plugins() -> None:
+    """Import every package declared under the ``hpo_bench.strategies`` entry point (registration)."""
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         ep.load()
 
 
-STRATEGIES: Registry[type[Strategy]] = Registry("strategy", "strategy", load=_load_plugins)
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy", "strategy", load=load_plugins)
 
 
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:

@@ -22,14 +22,20 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from hpo_bench.config import TrainConfig
 from hpo_bench.data import DataBundle, to_device_async
 from hpo_bench.ledger import Ledger
 from hpo_bench.models import create_model
 from hpo_bench.perturbation import bn_modules, frozen_bn_stats
-from hpo_bench.config import TrainConfig
+from hpo_bench.seeds import (
+    EXTRA_SOURCES,
+    extra_augment,
+    extra_order,
+    train_augment,
+    train_order,
+)
 from hpo_bench.strategy import Diverged, Strategy
 
-VAL_STREAM, AUG_STREAM = 10_007, 20_011  # seed offsets of the validation and augmentation generators
 MEM_CHECK_EVERY = 10  # steps between memory-budget checks
 CUDA_SYNC_EVERY = 50  # steps between divergence checks on CUDA (each is a host sync)
 
@@ -185,11 +191,9 @@ class Trainer:
         self.steps_per_epoch = max(1, math.ceil(self.n_train / train_cfg.batch_size))
         self.total_steps = self.steps_per_epoch * train_cfg.epochs
         self.ledger = Ledger(device=self.device.type)
-        self.train_gen = torch.Generator().manual_seed(seed)
-        self.aug_gen = torch.Generator().manual_seed(seed + AUG_STREAM)
-        self.extra_gens = {"val": torch.Generator().manual_seed(seed + VAL_STREAM),
-                           "train": torch.Generator().manual_seed(seed + 2 * VAL_STREAM)}
-        self.extra_aug_gen = torch.Generator().manual_seed(seed + 2 * AUG_STREAM)  # never touches training's
+        self.train_gen, self.aug_gen = train_order(seed), train_augment(seed)
+        self.extra_gens = {source: extra_order(seed, source) for source in EXTRA_SOURCES}
+        self.extra_aug_gen = extra_augment(seed)
         self.extra_perm = {"val": None, "train": None}
         self.extra_pos = {"val": 0, "train": 0}
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from hpo_bench.config import SpecError, spec_field
 from hpo_bench.perturbation import global_norm, sam_direction
-from hpo_bench.strategy import Strategy, register_strategy
+from hpo_bench.strategy import Reduction, Strategy, register_strategy
 
 
 @dataclass
@@ -72,6 +72,7 @@ class AESAM(Strategy):
     """AE-SAM: SAM step iff ‖g_t‖² ≥ μ_t + c_t σ_t, ERM step otherwise (reconstruction, see module doc)."""
 
     name = "ae-sam"
+    reduces_to = Reduction({"force": "always"}, to="sam")
     summary_doc = "AE-SAM: SAM only in sharp regions (reconstruction)"
     Params = AEPolicyParams
 

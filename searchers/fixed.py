@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hpo_bench.perturbation import asam_direction, asam_scale, sam_direction
-from hpo_bench.strategy import Strategy, register_strategy
+from hpo_bench.strategy import Reduction, Strategy, register_strategy
 
 
 @register_strategy
@@ -13,6 +13,7 @@ class ERM(Strategy):
 
     name = "erm"
     summary_doc = "empirical risk minimization (no perturbation)"
+    reduces_to = Reduction(to="ae-sam", to_params={"force": "never"})
 
     def perturbation(self, ctx, g):
         return None
@@ -27,6 +28,7 @@ class SAM(Strategy):
 
     name = "sam"
     summary_doc = "SAM at a fixed rho"
+    reduces_to = Reduction(to="erm", rho=0.0)  # ε = 0·ε̂ = 0: ĝ = g bit for bit
 
     def perturbation(self, ctx, g):
         return sam_direction(g, self.rho)
@@ -43,6 +45,7 @@ class ASAM(Strategy):
 
     name = "asam"
     summary_doc = "adaptive SAM at a fixed rho"
+    reduces_to = Reduction(to="erm", rho=0.0)
     Params = ASAMParams
 
     def perturbation(self, ctx, g):

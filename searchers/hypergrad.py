@@ -26,11 +26,13 @@ import math
 from dataclasses import dataclass
 
 from hpo_bench.config import spec_field
-from hpo_bench.hypergrad import IMPLS, SGDConfig, capture_state
+from hpo_bench.hypergrad import IMPLS, capture_state
 from hpo_bench.perturbation import asam_direction, asam_scale, sam_direction
-from hpo_bench.strategy import Strategy, register_strategy
+from hpo_bench.sgd import SGDConfig
+from hpo_bench.strategy import Reduction, Strategy, register_strategy
 from hpo_bench.trainer import lr_at
-from searchers.lets import PROTOCOL_SOURCE, RhoLearner, RhoLearnerParams
+from hpo_bench.upper import PROTOCOL_SOURCE
+from searchers.lets import RhoLearner, RhoLearnerParams
 
 
 @dataclass
@@ -44,6 +46,10 @@ class HypergradParams(RhoLearnerParams):
 class _Hypergrad(Strategy):
     kind: str = "sam"
     Params = HypergradParams
+
+    @classmethod
+    def uses_validation_split(cls, params) -> bool:
+        return PROTOCOL_SOURCE[params.protocol] == "val"
 
     def setup(self, trainer):
         self.trainer = trainer
@@ -88,6 +94,7 @@ class HypergradSAM(_Hypergrad):
     """SAM with ρ = exp(ν) learned online from exact K-step unrolled hypergradients (``higher``)."""
 
     name = "hypergrad-sam"
+    reduces_to = Reduction({"beta": 0.0, "every": 3, "unroll": 2}, to="sam")
     summary_doc = "SAM, rho learned from exact K-step unrolled hypergradients"
     kind = "sam"
 
@@ -97,5 +104,6 @@ class HypergradASAM(_Hypergrad):
     """ASAM with ρ = exp(ν) learned online from exact K-step unrolled hypergradients (``higher``)."""
 
     name = "hypergrad-asam"
+    reduces_to = Reduction({"beta": 0.0, "every": 3, "unroll": 2}, to="asam")
     summary_doc = "ASAM, rho learned from exact K-step unrolled hypergradients"
     kind = "asam"

@@ -1,4 +1,4 @@
-"""LETS: learning the perturbation radius ρ of SAM / ASAM (Mi et al., 2024; arXiv 2408.08222).
+"""LETS: learning the perturbation radius ρ of SAM / ASAM (Wang, Jiang, Fu and Zhang, 2024; arXiv 2408.08222).
 
 Algorithm 1 of the paper, per iteration t (METHODS.md §3), on the common trainer::
 
@@ -44,15 +44,13 @@ Choices and reconstructions (labelled as such):
 * ν non-finite, or exp(ν) overflowing to inf / underflowing to 0, raises :class:`Diverged`
   (the run is recorded with status 'diverged').
 
-:class:`RhoLearner` (ν, Adam, schedule, divergence check) and the metric helpers are shared with
-the exact-hypergradient strategy in :mod:`searchers.hypergrad`.
+:class:`RhoLearner` (ν, Adam, schedule, divergence check) is shared with the exact-hypergradient
+strategy in :mod:`searchers.hypergrad`; M, g_a and the estimate −η g_aᵀ H d live in :mod:`hpo_bench.upper`.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import torch
 
 from hpo_bench.config import spec_field
 from hpo_bench.perturbation import (
@@ -61,10 +59,14 @@ from hpo_bench.perturbation import (
     global_norm,
     sam_direction,
 )
-from hpo_bench.strategy import Diverged, Strategy, register_strategy
-
-METRICS = ("sq_gap", "gap", "val_loss")
-PROTOCOL_SOURCE = {"clean": "val", "paper": "train"}
+from hpo_bench.strategy import Diverged, Reduction, Strategy, register_strategy
+from hpo_bench.upper import (
+    METRICS,
+    PROTOCOL_SOURCE,
+    gb_direction,
+    lets_dM_drho,
+    metric_and_grad,
+)
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -125,34 +127,6 @@ class RhoLearner:
             self.nu, self.rho = nu, rho
 
 
-def metric_and_grad(metric: str, lv: torch.Tensor, gv, lt: torch.Tensor | None, gt):
-    """(M, g_a = ∇_θ M) from (ℓ_vl, ḡ_vl) and (ℓ_tr, ḡ_tr) at θ_{t+1}; M a float64 0-dim tensor."""
-    if metric == "val_loss":
-        return lv.detach().double(), list(gv)
-    gap = (lv - lt).detach()
-    diff = torch._foreach_sub(list(gv), list(gt))
-    if metric == "gap":
-        return gap.double(), diff
-    if metric == "sq_gap":
-        return 0.5 * gap.double() ** 2, list(torch._foreach_mul(diff, gap.to(diff[0].dtype)))
-    raise ValueError(f"metric: {metric!r}; allowed: {', '.join(METRICS)}")
-
-
-def lets_dM_drho(g_a, g_hat, direction, lr: float) -> torch.Tensor:
-    """−η g_aᵀ H d with H = diag(ĝ²) (float64 0-dim tensor); ``direction`` d is the unit vector of g_b."""
-    a, gh, d = (torch.cat([t.reshape(-1) for t in ts]).double() for ts in (g_a, g_hat, direction))
-    return -lr * torch.dot(a * gh.square(), d)
-
-
-def gb_direction(gb: str, kind: str, eps_hat, g_hat, g_tr_next, scales_t):
-    """The unit vector that H multiplies in g_b (see the module docstring)."""
-    if gb == "appendix":
-        return eps_hat
-    if kind == "sam":
-        return sam_direction(g_hat)  # ĝ/‖ĝ‖ (Algorithm 1, step 11)
-    return asam_direction(g_tr_next, scales_t)  # T²ḡ_tr/‖Tḡ_tr‖ with T = T_{θ_t} (step 12)
-
-
 # ----------------------------------------------------------------------------- the strategies
 @dataclass
 class LETSParams(RhoLearnerParams):
@@ -166,6 +140,10 @@ class _LETS(Strategy):
 
     kind: str = "sam"
     Params = LETSParams
+
+    @classmethod
+    def uses_validation_split(cls, params) -> bool:
+        return PROTOCOL_SOURCE[params.protocol] == "val"
 
     def setup(self, trainer):
         self.learner = RhoLearner(self.rho0, self.params, self.name)
@@ -226,6 +204,7 @@ class LETSSAM(_LETS):
     """LETS-SAM: SAM whose ρ = exp(ν) is learned online by Adam on the LETS hypergradient (Algorithm 1)."""
 
     name = "lets-sam"
+    reduces_to = Reduction({"beta": 0.0}, to="sam")  # ν frozen: ρ stays ρ₀ bit for bit
     summary_doc = "LETS-SAM: rho learned from a validation-gap hypergradient (Algorithm 1)"
     kind = "sam"
 
@@ -235,9 +214,9 @@ class LETSASAM(_LETS):
     """LETS-ASAM: ASAM (T = |θ| + ξ) whose ρ = exp(ν) is learned online (Algorithm 1)."""
 
     name = "lets-asam"
+    reduces_to = Reduction({"beta": 0.0}, to="asam")
     summary_doc = "LETS-ASAM: adaptive-SAM radius learned online (Algorithm 1)"
     kind = "asam"
 
 
-__all__ = ["LETSParams", "RhoLearner", "RhoLearnerParams", "gb_direction", "lets_dM_drho", "metric_and_grad",
-           "PROTOCOL_SOURCE"]
+__all__ = ["LETSParams", "RhoLearner", "RhoLearnerParams"]

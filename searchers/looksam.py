@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from hpo_bench.config import spec_field
 from hpo_bench.perturbation import EPS, global_norm, sam_direction
-from hpo_bench.strategy import Strategy, register_strategy
+from hpo_bench.strategy import Reduction, Strategy, register_strategy
 from searchers.ae_sam import AEPolicy, AEPolicyParams
 
 
@@ -59,6 +59,7 @@ class LookSAM(_ReuseMixin, Strategy):
     """LookSAM: SAM every k steps, reuse of the orthogonal component g_v in between."""
 
     name = "looksam"
+    reduces_to = Reduction({"k": 1}, to="sam")  # every step a SAM step: nothing is reused
     summary_doc = "LookSAM: SAM every k steps, gradient reuse in between"
     Params = LookSAMParams
 
@@ -85,6 +86,7 @@ class AELookSAM(_ReuseMixin, Strategy):
     """AE-LookSAM: the AE-SAM policy decides when to refresh g_v; LookSAM reuse otherwise (reconstruction)."""
 
     name = "ae-looksam"
+    reduces_to = Reduction({"force": "always"}, to="sam")
     summary_doc = "AE-LookSAM: AE policy + LookSAM reuse (reconstruction)"
     Params = AELookSAMParams
 

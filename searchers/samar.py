@@ -19,7 +19,7 @@ import torch
 
 from hpo_bench.config import SpecError, spec_field
 from hpo_bench.perturbation import global_norm, sam_direction
-from hpo_bench.strategy import Strategy, register_strategy
+from hpo_bench.strategy import Reduction, Strategy, register_strategy
 
 
 @dataclass
@@ -46,6 +46,7 @@ class SAMAR(Strategy):
     """SAMAR: d = (1−λ)g + λĝ with λ adapted from the smoothed gradient-norm ratio (reconstruction)."""
 
     name = "samar"
+    reduces_to = Reduction({"adapt": False, "lambda0": 1.0}, to="sam")  # (1 − 1)·g + 1·ĝ = ĝ
     summary_doc = "SAMAR: adaptive weight of the SAM term (reconstruction)"
     Params = SAMARParams
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -181,3 +183,45 @@ def test_rho_from_must_name_an_earlier_search(tmp_path, capsys):
     spec = _spec(tmp_path, TINY_TEXT + '\n[[methods]]\nlabel = "X"\nstrategy = "ae-sam"\nrho_from = "SAM"\n')
     code, _, err = run_cli(["run", spec, "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "methods[3].rho_from" in err and not (tmp_path / "o").exists()
+
+
+def test_report_command_does_not_import_torch(tmp_path, capsys):
+    """`hpo-bench report` dispatches to a torch-free handler: a report path that imports torch fails here."""
+    out = tmp_path / "runs"
+    code, _, _ = run_cli(["run", str(TINY), "--out", str(out), "--no-progress", "--no-report", "--set", "train.epochs=1"],
+                         capsys)
+    assert code == 0
+    run_dir = only_dir(out)
+    assert not (run_dir / "report.md").exists()
+    code = ("import sys; from hpo_bench.cli import main; rc = main(['report', sys.argv[1]]); "
+            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, str(run_dir)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"report: {run_dir / 'report.md'}"
+    assert "| ERM |" in (run_dir / "report.md").read_text()
+
+
+def test_cli_module_and_help_are_torch_free():
+    code = ("import sys; from hpo_bench.cli import build_parser, main; build_parser(); "
+            "rc = main(['report', '/nonexistent/run-dir']); "
+            "assert rc == 2 and 'torch' not in sys.modules, 'torch imported'")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith("hpo-bench: error: RUN_DIR: ") and proc.stderr.count("\n") == 1
+
+
+def test_fidelity_metric_choices_match_the_handler():
+    """cli.py declares fidelity's --metric choices without importing torch; they must be fidelity's METRICS."""
+    from hpo_bench import cli, fidelity
+
+    assert tuple(cli.FIDELITY_METRICS) == tuple(fidelity.METRICS)
+
+
+def test_fidelity_bad_flag_is_one_line_exit_2(tmp_path, capsys):
+    out = tmp_path / "o"
+    code, _, err = run_cli(["fidelity", str(TINY), "--out", str(out), "--every", "0"], capsys)
+    assert code == 2 and err.startswith("hpo-bench: error: --every/--unroll") and err.count("\n") == 1
+    code, _, err = run_cli(["fidelity", str(TINY), "--out", str(out), "--metric", "bogus"], capsys)
+    assert code == 2 and "--metric" in err and err.count("\n") == 1
+    assert not out.exists()

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 
 from hpo_bench.config import SearchConfig, SpecError, validate_spec
-from hpo_bench.engines import get_engine
-from hpo_bench.search import run_search
+from hpo_bench.engines import Engine, SearchSpace, get_engine, list_engines
+from hpo_bench.search import SearchKind, get_search_kind, list_search_kinds, run_search
 from hpo_bench.selection import select
-from hpo_bench.trial import grid_trials
 from hpo_bench.storage_url import validate_storage_url
 from hpo_bench.store import ResultsStore
+from hpo_bench.trial import grid_trials, make_trial
 
 from conftest import ROOT
 
@@ -40,6 +40,35 @@ def search_rows(engine, tmp_path, **kw):
 
 def by_point(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.set_index(["rho0", "seed"]).sort_index()[METRICS]
+
+
+# ----------------------------------------------------------------------------- registries
+
+def test_every_registered_engine_is_an_engine():
+    assert list_engines() == ["local", "optuna", "ray"]
+    for name in list_engines():
+        engine = get_engine(name, SearchConfig(engine=name), ".")
+        assert isinstance(engine, Engine) and type(engine).name == name
+    with pytest.raises(ValueError, match=r"^search\.engine: unknown engine 'nope'; allowed: local, optuna, ray$"):
+        get_engine("nope", SearchConfig(), ".")
+
+
+def test_every_search_kind_is_registered():
+    assert list_search_kinds() == ["asha", "grid", "sweep", "tpe"]
+    for name in list_search_kinds():
+        kind = get_search_kind(name)
+        assert issubclass(kind, SearchKind) and kind.name == name and kind.summary_doc
+    with pytest.raises(ValueError, match=r"^search\.kind: unknown search kind 'nope'"):
+        get_search_kind("nope")
+
+
+def test_engine_without_an_adaptive_search_says_so_in_one_line(tmp_path):
+    spec = tiny_spec("local", grid=(0.1,), seeds=(0,))
+    engine = get_engine("local", SearchConfig(**spec.methods[0].search), tmp_path)
+    factory = lambda rho, seed: make_trial(spec, spec.methods[0], rho, seed, {}, search="asha/local")
+    with pytest.raises(ValueError, match=r"^search\.kind: 'asha' is not supported by engine 'local'; "
+                                         r"allowed: grid, sweep$"):
+        engine.run_adaptive(factory, SearchSpace(kind="asha", seeds=(0,), grid=(0.1,)), ResultsStore(tmp_path))
 
 
 # ----------------------------------------------------------------------------- parity
@@ -258,8 +287,8 @@ def test_sweep_dispatches_a_learned_rho_method_through_ray(tmp_path, ray_session
     """Seeds × ρ₀ of LETS-SAM run as Ray Tune trials: plain rows (no selection), local run ids."""
     from hpo_bench.config import validate_spec
     from hpo_bench.experiment import run_experiment
-    from hpo_bench.trial import method_trials
     from hpo_bench.store import ResultsStore
+    from hpo_bench.trial import method_trials
 
     raw = {"name": "sweep", "seeds": [0, 1], "data": {"num_samples": 500}, "model": {"name": "mnist1d_mlp"},
            "train": {"epochs": 1, "batch_size": 50, "threads": 1},
@@ -291,8 +320,7 @@ def test_ray_started_by_a_search_is_shut_down_when_it_ends(tmp_path):
     import sys
 
     code = ("import ray\nfrom hpo_bench.engines.ray_engine import ensure_ray, ray_scope\n"
-            "from types import SimpleNamespace\n"
-            "with ray_scope():\n    ensure_ray(SimpleNamespace(address=''))\n    assert ray.is_initialized()\n"
+            "with ray_scope():\n    ensure_ray('')\n    assert ray.is_initialized()\n"
             "assert not ray.is_initialized()\nprint('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

@@ -11,6 +11,7 @@ import pytest
 
 from hpo_bench.cli import main
 from hpo_bench.report import FIGURES, write_report
+from hpo_bench.store import ResultsStore
 
 SEEDS = [0, 1, 2]
 NOISE = [0.2, 0.4]
@@ -340,3 +341,71 @@ def test_anytime_curves_carry_their_setting(tmp_path):
     report = write_report(run_dir).read_text()
     assert "matched to settings by order" not in report
     assert (run_dir / "figures" / "anytime.png").stat().st_size > 0
+
+
+def _run_dir_row(md: str) -> str:
+    (row,) = [line for line in md.splitlines() if line.startswith("| run directory |")]
+    return row
+
+
+def test_run_directory_row_is_relative_to_the_working_directory(tmp_path, monkeypatch):
+    root = make_store(tmp_path / "w" / "runs" / "x-1", spec_methods=SPEC_METHODS[:3], noise=[0.0])
+    monkeypatch.chdir(tmp_path / "w")
+    assert _run_dir_row(write_report("runs/x-1").read_text()) == "| run directory | `runs/x-1` |"
+    assert _run_dir_row(write_report(root.resolve()).read_text()) == "| run directory | `runs/x-1` |"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # not under the working directory: the path as given
+    assert _run_dir_row(write_report(root).read_text()) == f"| run directory | `{root}` |"
+    assert _run_dir_row(write_report("../w/runs/x-1").read_text()) == "| run directory | `../w/runs/x-1` |"
+
+
+def test_a_run_in_progress_is_read_from_trials_through_the_store(tmp_path):
+    """Without runs.parquet / curves.parquet the report reads trials/ (ResultsStore.finished_rows and
+    read_curves), gives the same tables and curve figures, and writes nothing else."""
+    full = make_store(tmp_path / "full", spec_methods=SPEC_METHODS[:3], noise=[0.0])
+    partial = make_store(tmp_path / "partial", spec_methods=SPEC_METHODS[:3], noise=[0.0])
+    store = ResultsStore(partial)
+    runs, curves = pd.read_parquet(partial / "runs.parquet"), pd.read_parquet(partial / "curves.parquet")
+    for row in runs.to_dict("records"):
+        store.write_run(row, curves[curves["run_id"] == row["run_id"]])
+    (partial / "runs.parquet").unlink()
+    (partial / "curves.parquet").unlink()
+    (store.trials / ".half-written.json.tmp").write_text("{")
+    (store.trials / "torn.json").write_text("{not json")
+    before = sorted(p.relative_to(partial) for p in partial.rglob("*"))
+
+    rows = store.finished_rows()
+    assert len(rows) == len(runs) and set(rows["run_id"]) == set(runs["run_id"])
+    step = store.read_curves("step", ["rho"])
+    assert set(step["scope"]) <= {"step"} and set(step["metric"]) <= {"rho"}
+    assert sorted(p.relative_to(partial) for p in partial.rglob("*")) == before  # the readers write nothing
+
+    md_full, md_partial = write_report(full).read_text(), write_report(partial).read_text()
+    assert f"runs.parquet is absent: the report reads the {len(runs)} finished trials in trials/." in md_partial
+    assert section(md_partial, "1. Test accuracy") == section(md_full, "1. Test accuracy")
+    assert (partial / "figures" / "train_loss.png").stat().st_size > 0
+    after = sorted(p.relative_to(partial) for p in partial.rglob("*") if p.name != "report.md"
+                   and "figures" not in p.parts)
+    assert after == before
+
+
+def test_every_bad_run_dir_is_one_line_naming_run_dir(tmp_path):
+    cases = {}
+    for name in ("malformed_meta", "list_meta", "meta_dir", "torn_runs", "few_columns", "torn_searches"):
+        cases[name] = make_store(tmp_path / name, spec_methods=SPEC_METHODS[:2], noise=[0.0])
+    (cases["malformed_meta"] / "metadata.json").write_text("{not json")
+    (cases["list_meta"] / "metadata.json").write_text("[1, 2]")
+    (cases["meta_dir"] / "metadata.json").unlink()
+    (cases["meta_dir"] / "metadata.json").mkdir()
+    (cases["torn_runs"] / "runs.parquet").write_bytes(b"PAR1 torn")
+    pd.DataFrame({"run_id": ["a"], "method": ["m"]}).to_parquet(cases["few_columns"] / "runs.parquet")
+    (cases["torn_searches"] / "searches.parquet").write_bytes(b"not parquet")
+    expected = {"malformed_meta": "has a malformed metadata.json", "list_meta": "has a malformed metadata.json",
+                "meta_dir": "has no metadata.json", "torn_runs": "has an unreadable runs.parquet (",
+                "few_columns": "runs.parquet lacks columns strategy, status, rho0, seed, test_acc",
+                "torn_searches": "has an unreadable searches.parquet ("}
+    for name, root in cases.items():
+        with pytest.raises(ValueError, match=r"^RUN_DIR: .*; allowed: a directory written by hpo-bench run$") as err:
+            write_report(root)
+        assert str(err.value).startswith(f"RUN_DIR: {str(root)!r} {expected[name]}") and "\n" not in str(err.value)
+        assert not (root / "report.md").exists()

@@ -1,24 +1,30 @@
 """Engines schedule trials; they never change what a trial computes.
 
-Every engine runs :func:`hpo_bench.experiment.execute_trial` (or the same ``run_trial``) on each
-trial and writes through the same :class:`hpo_bench.store.ResultsStore`, so the same (ρ, seed)
-gives the same row whichever engine ran it, and a re-run skips trials already done.
+Every engine is an :class:`~hpo_bench.engines.base.Engine`: it runs
+:func:`hpo_bench.execute.execute_trial` on each trial and writes through the same
+:class:`hpo_bench.store.ResultsStore`, so the same (ρ, seed) gives the same row whichever engine
+ran it, and a re-run skips trials already done. The Optuna and Ray engines import ``optuna`` /
+``ray`` only when they run, so importing this package stays cheap.
 """
 from __future__ import annotations
 
-import importlib
+from hpo_bench.engines.base import Engine, SearchSpace, TrialFactory
+from hpo_bench.engines.local import LocalEngine
+from hpo_bench.engines.optuna_engine import OptunaEngine
+from hpo_bench.engines.ray_engine import RayEngine
+from hpo_bench.registry import Registry
 
-_ENGINES = {"local": "hpo_bench.engines.local:LocalEngine",
-            "optuna": "hpo_bench.engines.optuna_engine:OptunaEngine",
-            "ray": "hpo_bench.engines.ray_engine:RayEngine"}
+__all__ = ["ENGINES", "Engine", "SearchSpace", "TrialFactory", "get_engine", "list_engines"]
+
+ENGINES: Registry[type[Engine]] = Registry("engine", "search.engine")
+for _cls in (LocalEngine, OptunaEngine, RayEngine):
+    ENGINES.register(_cls.name, _cls)
 
 
 def list_engines() -> list[str]:
-    return sorted(_ENGINES)
+    return ENGINES.names()
 
 
-def get_engine(name: str, search_cfg, run_dir, device=None):
-    if name not in _ENGINES:
-        raise ValueError(f"search.engine: unknown engine {name!r}; allowed: {', '.join(list_engines())}")
-    module, cls = _ENGINES[name].split(":")
-    return getattr(importlib.import_module(module), cls)(search_cfg, run_dir, device)
+def get_engine(name: str, search_cfg, run_dir, device=None) -> Engine:
+    """The engine ``name`` for ``search_cfg``; an unknown name is a one-line ValueError naming the field."""
+    return ENGINES.get(name)(search_cfg, run_dir, device)

@@ -6,23 +6,14 @@ vectorized pass (:mod:`hpo_bench.batched`).
 from __future__ import annotations
 
 from hpo_bench.batched import run_batched
-from hpo_bench.execute import execute_trial
+from hpo_bench.engines.base import Engine
+from hpo_bench.engines.common import run_with_progress
 
 
-class LocalEngine:
-    def __init__(self, search_cfg, run_dir, device=None):
-        self.cfg, self.run_dir, self.device = search_cfg, run_dir, device
+class LocalEngine(Engine):
+    name = "local"
 
     def run_trials(self, trials, store, progress=None) -> list[dict]:
-        if getattr(self.cfg, "batched", False):
+        if self.cfg.batched:
             return run_batched(trials, store, device=self.device, progress=progress)
-        rows = []
-        for trial in trials:
-            if progress is not None:
-                progress.start(trial)
-            row = execute_trial(trial, store, device=self.device, progress=progress.bar if progress else None)
-            if progress is not None:
-                progress.finish(row)
-            store.consolidate()
-            rows.append(row)
-        return rows
+        return [run_with_progress(trial, store, self.device, progress) for trial in trials]

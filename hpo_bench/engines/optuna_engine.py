@@ -1,6 +1,6 @@
 """Optuna engine: an exact, resumable grid (enqueued points) and TPE over log ρ.
 
-The engine only schedules; every trial runs :func:`hpo_bench.experiment.execute_trial`, which
+The engine only schedules; every trial runs :func:`hpo_bench.execute.execute_trial`, which
 skips a run already in the :class:`~hpo_bench.store.ResultsStore` and otherwise trains it and
 writes its row. Optuna's study (journal file or RDB) is additional bookkeeping on top of that.
 
@@ -36,16 +36,26 @@ Parallelism
 """
 from __future__ import annotations
 
-import hashlib
-import math
 import multiprocessing as mp
 import queue as queue_mod
-import re
 from pathlib import Path
 
-from hpo_bench.execute import execute_trial
+import torch
+
+from hpo_bench.engines.base import Engine, SearchSpace, TrialFactory
+from hpo_bench.engines.common import (
+    collect_rows,
+    finite,
+    from_template,
+    mean_value,
+    row_value,
+    run_with_progress,
+    set_name,
+    tpe_name,
+    trial_template,
+)
 from hpo_bench.store import ResultsStore
-from hpo_bench.trial import Trial, make_trial
+from hpo_bench.trial import Trial
 
 DEFAULT_JOURNAL = "optuna.journal"
 
@@ -65,14 +75,6 @@ def storage_for(url: str, run_dir) -> object:
     return url
 
 
-def study_slug(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "method"
-
-
-def _digest(items) -> str:
-    return hashlib.sha1("\n".join(map(str, items)).encode()).hexdigest()[:10]
-
-
 def _quiet_optuna():
     import optuna
 
@@ -80,37 +82,66 @@ def _quiet_optuna():
     return optuna
 
 
-def _row_value(row: dict) -> float | None:
-    v = row.get("best_val_acc")
-    if row.get("status") != "ok" or v is None or (isinstance(v, float) and math.isnan(v)):
-        return None
-    return float(v)
-
-
 def _attrs(row: dict) -> dict:
     out = {"run_id": row["run_id"], "status": row.get("status", ""), "reason": str(row.get("reason", ""))[:500]}
     for key in ("test_acc", "grad_evals", "wall_s"):
-        v = row.get(key)
-        if v is not None and not (isinstance(v, float) and math.isnan(v)):
-            out[key] = float(v)
+        if finite(row.get(key)):
+            out[key] = float(row[key])
     return out
 
 
 # ----------------------------------------------------------------------------- worker loop
 
+def _tell_grid_point(study, ot, job: dict, store, progress) -> None:
+    from optuna.trial import TrialState
+
+    run_id = ot.user_attrs.get("run_id")
+    if run_id not in job["trials"]:  # not one of ours (should not happen with tokens)
+        study.tell(ot, state=TrialState.FAIL)
+        return
+    trial = Trial.from_dict(job["trials"][run_id])
+    ot.suggest_categorical("rho", job["rhos"])
+    ot.suggest_categorical("seed", job["seeds"])
+    row = run_with_progress(trial, store, job["device"], progress, consolidate=False)
+    for k, v in _attrs(row).items():
+        ot.set_user_attr(k, v)
+    value = row_value(row)
+    if value is None:
+        study.tell(ot, state=TrialState.FAIL)
+    else:
+        study.tell(ot, value)
+
+
+def _tell_tpe_point(study, ot, job: dict, store, progress) -> None:
+    """One ρ point runs every seed; its value is the mean over the seeds that ended ok."""
+    from optuna.trial import TrialState
+
+    rho = ot.suggest_float("rho", job["rho_min"], job["rho_max"], log=True)
+    rows = [run_with_progress(from_template(job["template"], rho, seed), store, job["device"], progress,
+                              consolidate=False) for seed in job["seeds"]]
+    ok = [r for r in rows if row_value(r) is not None]
+    ot.set_user_attr("run_ids", [r["run_id"] for r in rows])
+    ot.set_user_attr("status", "ok" if ok else rows[0].get("status", "failed"))
+    ot.set_user_attr("n_ok", len(ok))
+    ot.set_user_attr("grad_evals", float(sum(r.get("grad_evals", 0) or 0 for r in rows)))
+    if ok:
+        ot.set_user_attr("test_acc", float(sum(r["test_acc"] for r in ok) / len(ok)))
+        study.tell(ot, mean_value(rows))
+    else:
+        ot.set_user_attr("reason", "; ".join(str(r.get("reason", "")) for r in rows)[:500])
+        study.tell(ot, state=TrialState.FAIL)
+
+
 def _worker_loop(job: dict, tokens, progress=None) -> None:
     """Take a token, ask, run, tell; until the tokens run out. Used in-process and in workers."""
-    import torch
-
-
     optuna = _quiet_optuna()
     from optuna.trial import TrialState
 
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
-    storage = storage_for(job["storage"], job["run_dir"])
-    study = optuna.load_study(study_name=job["study_name"], storage=storage)
+    study = optuna.load_study(study_name=job["study_name"], storage=storage_for(job["storage"], job["run_dir"]))
     store = ResultsStore(job["store_root"])
+    tell = _tell_grid_point if job["kind"] == "grid" else _tell_tpe_point
     while True:
         try:
             tokens.get_nowait()
@@ -118,52 +149,10 @@ def _worker_loop(job: dict, tokens, progress=None) -> None:
             return
         ot = study.ask()
         try:
-            if job["kind"] == "grid":
-                run_id = ot.user_attrs.get("run_id")
-                if run_id not in job["trials"]:  # not one of ours (should not happen with tokens)
-                    study.tell(ot, state=TrialState.FAIL)
-                    continue
-                trial = Trial.from_dict(job["trials"][run_id])
-                ot.suggest_categorical("rho", job["rhos"])
-                ot.suggest_categorical("seed", job["seeds"])
-                row = _execute(trial, store, job, progress)
-                for k, v in _attrs(row).items():
-                    ot.set_user_attr(k, v)
-                value = _row_value(row)
-                if value is None:
-                    study.tell(ot, state=TrialState.FAIL)
-                else:
-                    study.tell(ot, value)
-            else:  # tpe: one rho point runs every seed
-                rho = ot.suggest_float("rho", job["rho_min"], job["rho_max"], log=True)
-                rows = []
-                for seed in job["seeds"]:
-                    trial = Trial.from_dict({**job["template"], "rho": float(rho), "seed": int(seed)})
-                    rows.append(_execute(trial, store, job, progress))
-                values = [v for v in map(_row_value, rows) if v is not None]
-                ot.set_user_attr("run_ids", [r["run_id"] for r in rows])
-                ot.set_user_attr("status", "ok" if values else rows[0].get("status", "failed"))
-                ot.set_user_attr("n_ok", len(values))
-                ot.set_user_attr("grad_evals", float(sum(r.get("grad_evals", 0) or 0 for r in rows)))
-                if values:
-                    ot.set_user_attr("test_acc", float(sum(r["test_acc"] for r in rows if _row_value(r) is not None)
-                                                       / len(values)))
-                    study.tell(ot, sum(values) / len(values))
-                else:
-                    ot.set_user_attr("reason", "; ".join(str(r.get("reason", "")) for r in rows)[:500])
-                    study.tell(ot, state=TrialState.FAIL)
+            tell(study, ot, job, store, progress)
         except Exception as err:  # the sweep continues; the driver reports missing rows at the end
             ot.set_user_attr("error", repr(err)[:500])
             study.tell(ot, state=TrialState.FAIL)
-
-
-def _execute(trial: Trial, store, job: dict, progress) -> dict:
-    if progress is not None:
-        progress.start(trial)
-    row = execute_trial(trial, store, device=job["device"], progress=progress.bar if progress is not None else None)
-    if progress is not None:
-        progress.finish(row)
-    return row
 
 
 def _spawn_worker(job: dict, tokens) -> None:  # entry point of a spawned worker process
@@ -172,9 +161,9 @@ def _spawn_worker(job: dict, tokens) -> None:  # entry point of a spawned worker
 
 # ----------------------------------------------------------------------------- engine
 
-class OptunaEngine:
-    def __init__(self, search_cfg, run_dir, device=None):
-        self.cfg, self.run_dir, self.device = search_cfg, Path(run_dir).resolve(), device
+class OptunaEngine(Engine):
+    name = "optuna"
+    kinds = ("grid", "sweep", "tpe")
 
     # -- common ----------------------------------------------------------------------------------
     def _study(self, name: str, sampler=None):
@@ -242,7 +231,7 @@ class OptunaEngine:
         if not trials:
             return []
         by_id = {t.run_id: t for t in trials}
-        name = f"{study_slug(trials[0].method)}-grid-{_digest(sorted(by_id))}"
+        name = set_name(trials[0].method, "grid", by_id)
         study = self._study(name)
         self._mark_interrupted(study)
         finished, waiting = set(), set()
@@ -254,15 +243,13 @@ class OptunaEngine:
                 finished.add(rid)
             elif t.state == TrialState.WAITING:
                 waiting.add(rid)
-        rhos = sorted({t.rho for t in trials})
-        seeds = sorted({t.seed for t in trials})
         for rid, trial in by_id.items():
             if rid not in finished and rid not in waiting:
                 study.enqueue_trial({"rho": trial.rho, "seed": trial.seed}, user_attrs={"run_id": rid},
                                     skip_if_exists=False)
         n_waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         job = self._job("grid", name, store, trials={rid: t.to_dict() for rid, t in by_id.items()},
-                        rhos=rhos, seeds=seeds)
+                        rhos=sorted({t.rho for t in trials}), seeds=sorted({t.seed for t in trials}))
         self._drive(job, n_waiting, progress)
         store.consolidate()
         missing = [rid for rid in by_id if not store.has(rid)]
@@ -271,44 +258,34 @@ class OptunaEngine:
         return [store.load_row(rid) for rid in by_id]
 
     # -- TPE -------------------------------------------------------------------------------------
-    def run_adaptive(self, spec, method, setting, tag, store, progress=None) -> list[dict]:
+    def run_adaptive(self, make_trial: TrialFactory, space: SearchSpace, store, progress=None) -> list[dict]:
         from optuna.samplers import TPESampler
         from optuna.trial import TrialState
 
-        if self.cfg.kind != "tpe":
-            raise ValueError(f"search.kind: {self.cfg.kind!r} is not supported by engine 'optuna'; allowed: grid, tpe")
-        template = make_trial(spec, method, 1.0, spec.seeds[0], setting, search=tag).to_dict()
-        key = {k: v for k, v in template.items() if k not in ("rho", "seed")}
-        ident = [sorted(key.items(), key=lambda kv: kv[0]), list(spec.seeds), self.cfg.rho_min, self.cfg.rho_max,
-                 self.cfg.sampler_seed]
-        name = f"{study_slug(method.label)}-tpe-{_digest([repr(ident)])}"
-        study = self._study(name, sampler=TPESampler(seed=self.cfg.sampler_seed))
+        if space.kind != "tpe":
+            return super().run_adaptive(make_trial, space, store, progress)
+        template = trial_template(make_trial, space)
+        name = tpe_name(template, space)
+        study = self._study(name, sampler=TPESampler(seed=space.sampler_seed))
         stale = self._mark_interrupted(study)
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         for t in stale:  # re-evaluate the interrupted rho first (its stored seeds are skipped)
             if "rho" in t.params and not any(w.params.get("rho") == t.params["rho"] for w in waiting):
                 study.enqueue_trial({"rho": t.params["rho"]}, skip_if_exists=False)
 
-        def counted():
-            return sum(1 for t in study.get_trials(deepcopy=False)
-                       if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "status" in t.user_attrs))
+        def evaluated():
+            return [t for t in study.get_trials(deepcopy=False)
+                    if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "status" in t.user_attrs)]
 
-        job = self._job("tpe", name, store, template=template, seeds=list(spec.seeds),
-                        rho_min=self.cfg.rho_min, rho_max=self.cfg.rho_max)
-        self._drive(job, self.cfg.n_trials - counted(), progress)
+        job = self._job("tpe", name, store, template=template, seeds=list(space.seeds),
+                        rho_min=space.rho_min, rho_max=space.rho_max)
+        self._drive(job, space.n_trials - len(evaluated()), progress)
         store.consolidate()
-        rows, missing = {}, []
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-            if "rho" not in t.params or not (t.state == TrialState.COMPLETE or "status" in t.user_attrs):
-                continue
-            for seed in spec.seeds:
-                rid = Trial.from_dict({**template, "rho": float(t.params["rho"]), "seed": int(seed)}).run_id
-                if store.has(rid):
-                    rows.setdefault(rid, store.load_row(rid))
-                else:
-                    missing.append(rid)
-        if counted() < self.cfg.n_trials or missing:
+        done = evaluated()
+        rows, missing = collect_rows(store, template, [t.params["rho"] for t in done if "rho" in t.params],
+                                     space.seeds)
+        if len(done) < space.n_trials or missing:
             errors = [t.user_attrs.get("error", "") for t in study.get_trials(deepcopy=False) if "error" in t.user_attrs]
-            raise RuntimeError(f"optuna study {name!r}: {counted()}/{self.cfg.n_trials} rho points evaluated "
+            raise RuntimeError(f"optuna study {name!r}: {len(done)}/{space.n_trials} rho points evaluated "
                                f"(re-run to continue); errors: {'; '.join(errors[-3:]) or 'none'}")
-        return list(rows.values())
+        return rows

@@ -1,6 +1,6 @@
 """Ray Tune engine: grid (``tune.grid_search``), TPE (``OptunaSearch``) and ASHA over ρ.
 
-The engine only schedules; every trial runs :func:`hpo_bench.experiment.execute_trial` inside a
+The engine only schedules; every trial runs :func:`hpo_bench.execute.execute_trial` inside a
 Tune function trainable, which skips a run already in the :class:`~hpo_bench.store.ResultsStore`
 (at the absolute run directory) and otherwise trains it and writes its row. Tune state under
 ``<run_dir>/ray/`` is additional bookkeeping.
@@ -54,17 +54,28 @@ Ray itself
 from __future__ import annotations
 
 import atexit
-import hashlib
-import math
 import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
+from hpo_bench.engines.base import Engine, SearchSpace, TrialFactory
+from hpo_bench.engines.common import (
+    collect_rows,
+    finite,
+    from_template,
+    mean_value,
+    row_value,
+    set_name,
+    tpe_name,
+    trial_template,
+)
 from hpo_bench.execute import execute_trial, result_curves, result_row, trial_trainer
 from hpo_bench.store import ResultsStore
 from hpo_bench.trainer import RunResult, resolve_device
-from hpo_bench.trial import Trial, grid_trials, make_trial
+from hpo_bench.trial import Trial
 
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -72,14 +83,14 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 _STARTED_RAY = False
 
 
-def ensure_ray(search_cfg) -> None:
-    """Connect to / start Ray once per process (never local_mode)."""
+def ensure_ray(address: str = "") -> None:
+    """Connect to (``address``) or start a local Ray once per process (never local_mode)."""
     global _STARTED_RAY
     import ray
 
     if ray.is_initialized():
         return
-    address = search_cfg.address or None
+    address = address or None
     # Ray starts its workers at nice 15; trials are this program's workload, so a Ray instance
     # we start runs them at the driver's priority (as the local/optuna engines do).
     os.environ.setdefault("RAY_worker_niceness", "0")
@@ -134,7 +145,7 @@ def ray_scope():
 
     An idle local Ray cluster (GCS, raylet, pooled workers) takes CPU from whatever the experiment
     runs next, so it must not outlive its search; a Ray instance that was already running (a
-    cluster joined with ``address``, a test session's) is left alone.
+    cluster joined with ``address``, a test run's) is left alone.
     """
     import ray
 
@@ -146,25 +157,9 @@ def ray_scope():
             _shutdown_own_ray()
 
 
-def _slug(label: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "method"
-
-
-def _digest(items) -> str:
-    return hashlib.sha1("\n".join(map(str, items)).encode()).hexdigest()[:10]
-
-
-def _finite(v) -> bool:
-    return v is not None and not (isinstance(v, float) and math.isnan(v))
-
-
 # ----------------------------------------------------------------------------- trainables
 
 def _enter_trial(cwd: str, threads: int) -> None:
-    import torch
-
     if cwd and os.path.isdir(cwd):
         os.chdir(cwd)
     torch.set_num_threads(max(1, threads))
@@ -175,7 +170,6 @@ def make_grid_trainable(trials_by_id: dict, store_root: str, device, cwd: str, t
 
     def hpo_trial(config):
         from ray import tune
-
 
         _enter_trial(cwd, threads)
         trial = Trial.from_dict(trials_by_id[config["run_id"]])
@@ -192,8 +186,8 @@ def make_grid_trainable(trials_by_id: dict, store_root: str, device, cwd: str, t
         row = execute_trial(trial, store, device=device, on_epoch=on_epoch)
         last_val = row.get("last_val_acc")
         tune.report({"run_id": rid, "phase": "final", "status": row.get("status", ""),
-                     "val_acc": float(last_val) if _finite(last_val) else 0.0,
-                     "best_val_acc": float(row["best_val_acc"]) if _finite(row.get("best_val_acc")) else float("nan"),
+                     "val_acc": float(last_val) if finite(last_val) else 0.0,
+                     "best_val_acc": float(row["best_val_acc"]) if finite(row.get("best_val_acc")) else float("nan"),
                      "grad_evals": float(row.get("grad_evals", 0) or 0), "epoch_done": int(row.get("epochs_done", 0))})
 
     return hpo_trial
@@ -205,18 +199,16 @@ def make_tpe_trainable(template: dict, seeds: list, store_root: str, device, cwd
     def hpo_rho(config):
         from ray import tune
 
-
         _enter_trial(cwd, threads)
         store = ResultsStore(store_root)
-        values, cost = [], 0.0
+        rows, cost = [], 0.0
         for i, seed in enumerate(seeds):
-            trial = Trial.from_dict({**template, "rho": float(config["rho"]), "seed": int(seed)})
-            row = execute_trial(trial, store, device=device)
+            row = execute_trial(from_template(template, config["rho"], seed), store, device=device)
+            rows.append(row)
             cost += float(row.get("grad_evals", 0) or 0)
-            if row.get("status") == "ok" and _finite(row.get("best_val_acc")):
-                values.append(float(row["best_val_acc"]))
-            tune.report({"objective": sum(values) / len(values) if values else float("nan"),
-                         "grad_evals": cost, "seeds_done": i + 1, "n_ok": len(values)})
+            value = mean_value(rows)
+            tune.report({"objective": float("nan") if value is None else value, "grad_evals": cost,
+                         "seeds_done": i + 1, "n_ok": sum(1 for r in rows if row_value(r) is not None)})
 
     return hpo_rho
 
@@ -260,9 +252,12 @@ def stopped_row(trial: Trial, frame, device) -> tuple[dict, object]:
 
 # ----------------------------------------------------------------------------- engine
 
-class RayEngine:
+class RayEngine(Engine):
+    name = "ray"
+    kinds = ("grid", "sweep", "tpe", "asha")
+
     def __init__(self, search_cfg, run_dir, device=None):
-        self.cfg, self.run_dir, self.device = search_cfg, Path(run_dir).resolve(), device
+        super().__init__(search_cfg, run_dir, device)
         self.ray_dir = self.run_dir / "ray"
 
     def _resources(self) -> dict:
@@ -282,9 +277,9 @@ class RayEngine:
     # -- grid / ASHA -----------------------------------------------------------------------------
     def run_trials(self, trials: list[Trial], store, progress=None) -> list[dict]:
         with ray_scope():
-            return self._run_set(trials, store, scheduler_kind="grid")
+            return self._run_set(trials, store)
 
-    def _run_set(self, trials: list[Trial], store, scheduler_kind: str) -> list[dict]:
+    def _run_set(self, trials: list[Trial], store, asha: SearchSpace | None = None) -> list[dict]:
         from ray import tune
 
         if not trials:
@@ -292,20 +287,19 @@ class RayEngine:
         by_id = {t.run_id: t for t in trials}
         pending = [rid for rid in by_id if not store.has(rid)]
         if pending:
-            ensure_ray(self.cfg)
+            ensure_ray(self.cfg.address)
             store_root = str(Path(store.root).resolve())
             trainable = tune.with_resources(
                 make_grid_trainable({rid: by_id[rid].to_dict() for rid in by_id}, store_root, self.device,
                                     os.getcwd(), self._threads()), self._resources())
-            name = f"{_slug(trials[0].method)}-{scheduler_kind}-{_digest(sorted(pending))}"
+            name = set_name(trials[0].method, "asha" if asha else "grid", pending)
             path = self.ray_dir / name
             if tune.Tuner.can_restore(str(path)):
                 tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
             else:
                 tuner = tune.Tuner(trainable, param_space={"run_id": tune.grid_search(pending)},
-                                   tune_config=self._tune_config(trials, scheduler_kind),
-                                   run_config=self._run_config(name))
-            with tune_env(buffered=scheduler_kind == "grid"):
+                                   tune_config=self._tune_config(trials, asha), run_config=self._run_config(name))
+            with tune_env(buffered=asha is None):
                 grid = tuner.fit()
             self._record_stopped(grid, by_id, store)
         store.consolidate()
@@ -315,18 +309,18 @@ class RayEngine:
                                f"(see {self.ray_dir}; re-run to retry them): {', '.join(missing)}")
         return [store.load_row(rid) for rid in by_id]
 
-    def _tune_config(self, trials, scheduler_kind: str):
+    def _tune_config(self, trials, asha: SearchSpace | None):
         from ray import tune
 
-        kw = dict(max_concurrent_trials=self.cfg.workers, reuse_actors=True)
-        if scheduler_kind == "asha":
+        kw = {"max_concurrent_trials": self.cfg.workers, "reuse_actors": True}
+        if asha is not None:
             from ray.tune.schedulers import ASHAScheduler
 
             per_epoch = grad_evals_per_epoch(trials[0], self.device)
             epochs = int(trials[0].train["epochs"])
-            grace = max(1.0, min(self.cfg.asha_grace, epochs) * per_epoch * 0.999)
+            grace = max(1.0, min(asha.asha_grace, epochs) * per_epoch * 0.999)
             kw["scheduler"] = ASHAScheduler(time_attr="grad_evals", metric="val_acc", mode="max",
-                                            grace_period=grace, reduction_factor=self.cfg.asha_reduction,
+                                            grace_period=grace, reduction_factor=asha.asha_reduction,
                                             max_t=max(grace, epochs * per_epoch) * 2.0)
         return tune.TuneConfig(**kw)
 
@@ -345,58 +339,44 @@ class RayEngine:
                 store.write_run(row, curves)
 
     # -- TPE / ASHA ------------------------------------------------------------------------------
-    def run_adaptive(self, spec, method, setting, tag, store, progress=None) -> list[dict]:
-        with ray_scope():
-            return self._run_adaptive(spec, method, setting, tag, store)
+    def run_adaptive(self, make_trial: TrialFactory, space: SearchSpace, store, progress=None) -> list[dict]:
+        if space.kind == "asha":
+            with ray_scope():
+                return self._run_set([make_trial(rho, seed) for rho in space.grid for seed in space.seeds], store,
+                                     asha=space)
+        if space.kind == "tpe":
+            with ray_scope():
+                return self._run_tpe(trial_template(make_trial, space), space, store)
+        return super().run_adaptive(make_trial, space, store, progress)
 
-    def _run_adaptive(self, spec, method, setting, tag, store) -> list[dict]:
-        if self.cfg.kind == "asha":
-            return self._run_set(grid_trials(spec, method, setting, tag), store, scheduler_kind="asha")
-        if self.cfg.kind != "tpe":
-            raise ValueError(f"search.kind: {self.cfg.kind!r} is not adaptive; allowed: tpe, asha")
-        return self._run_tpe(spec, method, setting, tag, store)
-
-    def _run_tpe(self, spec, method, setting, tag, store) -> list[dict]:
+    def _run_tpe(self, template: dict, space: SearchSpace, store) -> list[dict]:
         import optuna
         from optuna.distributions import FloatDistribution
         from ray import tune
         from ray.tune.search.optuna import OptunaSearch
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        template = make_trial(spec, method, 1.0, spec.seeds[0], setting, search=tag).to_dict()
-        key = sorted((k, v) for k, v in template.items() if k not in ("rho", "seed"))
-        name = f"{_slug(method.label)}-tpe-" + _digest([repr([key, list(spec.seeds), self.cfg.rho_min,
-                                                              self.cfg.rho_max, self.cfg.sampler_seed,
-                                                              self.cfg.n_trials])])
+        name = tpe_name(template, space, space.n_trials)
         path = self.ray_dir / name
-        ensure_ray(self.cfg)
+        ensure_ray(self.cfg.address)
         store_root = str(Path(store.root).resolve())
-        trainable = tune.with_resources(make_tpe_trainable(template, list(spec.seeds), store_root, self.device,
+        trainable = tune.with_resources(make_tpe_trainable(template, list(space.seeds), store_root, self.device,
                                                            os.getcwd(), self._threads()), self._resources())
         if tune.Tuner.can_restore(str(path)):
             tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
         else:
-            searcher = OptunaSearch(space={"rho": FloatDistribution(self.cfg.rho_min, self.cfg.rho_max, log=True)},
+            searcher = OptunaSearch(space={"rho": FloatDistribution(space.rho_min, space.rho_max, log=True)},
                                     metric="objective", mode="max",
-                                    sampler=optuna.samplers.TPESampler(seed=self.cfg.sampler_seed))
+                                    sampler=optuna.samplers.TPESampler(seed=space.sampler_seed))
             tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
-                search_alg=searcher, num_samples=self.cfg.n_trials, max_concurrent_trials=self.cfg.workers,
+                search_alg=searcher, num_samples=space.n_trials, max_concurrent_trials=self.cfg.workers,
                 reuse_actors=True), run_config=self._run_config(name))
         with tune_env(buffered=False):
             grid = tuner.fit()
         store.consolidate()
-        rows, missing = {}, []
-        for i in range(len(grid)):
-            rho = (grid[i].config or {}).get("rho")
-            if rho is None:
-                continue
-            for seed in spec.seeds:
-                rid = Trial.from_dict({**template, "rho": float(rho), "seed": int(seed)}).run_id
-                if store.has(rid):
-                    rows.setdefault(rid, store.load_row(rid))
-                else:
-                    missing.append(rid)
+        rhos = [rho for rho in ((grid[i].config or {}).get("rho") for i in range(len(grid))) if rho is not None]
+        rows, missing = collect_rows(store, template, rhos, space.seeds)
         if missing:
             raise RuntimeError(f"ray engine: TPE search {name!r} has {len(missing)} run(s) without a result "
                                f"(re-run to resume it): {', '.join(missing)}")
-        return list(rows.values())
+        return rows

@@ -1,0 +1,109 @@
+"""Independent trials in concurrent worker processes (``hpo-bench run --jobs N``).
+
+Each worker is a fresh process (``spawn``) running one trial at a time through
+:func:`hpo_bench.execute.execute_trial` with one torch thread (or ``train.threads``), so a trial
+computes the same bits as in a sequential run with one thread, and writes its row through the
+same :class:`~hpo_bench.store.ResultsStore` (a finished run is its ``trials/<run_id>.json``). The
+driver only waits, prints each finished run's line, advances the progress bar (runs done, ETA)
+and rebuilds ``runs.parquet``.
+
+Workers ignore SIGINT: Ctrl-C reaches the driver, which cancels what has not started and
+terminates the workers (a run in flight is lost and re-run next time; finished runs are kept).
+A worker also gets SIGKILL when its driver dies (Linux ``PR_SET_PDEATHSIG``), so no worker
+outlives a killed driver to race its re-run.
+"""
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+import torch
+
+from hpo_bench.execute import execute_trial
+from hpo_bench.store import ResultsStore
+from hpo_bench.trial import Trial
+
+PR_SET_PDEATHSIG = 1
+
+
+def default_jobs() -> int:
+    """Worker processes when ``--jobs`` is not given: the cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _init_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:  # pragma: no cover - non-Linux: workers end when their queue closes
+        pass
+    torch.set_num_threads(1)
+
+
+def _work(trial: dict, store_root: str, device) -> dict:
+    return execute_trial(Trial.from_dict(trial), ResultsStore(store_root), device=device)
+
+
+class TrialPool:
+    """``jobs`` worker processes, started on first use and kept for the whole experiment."""
+
+    def __init__(self, jobs: int, device=None):
+        if jobs < 1:
+            raise ValueError(f"--jobs: {jobs}; allowed: an integer >= 1")
+        self.jobs, self.device = jobs, device
+        self._executor: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> "TrialPool":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(kill=exc_type is not None)
+
+    def close(self, kill: bool = False) -> None:
+        if self._executor is None:
+            return
+        if kill:  # interrupted or failed: nothing half-done is kept, so stop the workers now
+            for proc in list((self._executor._processes or {}).values()):
+                proc.kill()
+        self._executor.shutdown(wait=not kill, cancel_futures=True)
+        self._executor = None
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_init_worker)
+        return self._executor
+
+    def run(self, trials: list[Trial], store: ResultsStore, progress=None) -> list[dict]:
+        """Run every trial not in ``store`` (each run id once); return the rows of ``trials`` in order."""
+        todo = list({t.run_id: t for t in trials if not store.has(t.run_id)}.values())
+        if self.jobs == 1 or len(todo) <= 1:
+            for trial in todo:
+                if progress is not None:
+                    progress.start(trial)
+                row = execute_trial(trial, store, device=self.device, progress=progress.bar if progress else None)
+                if progress is not None:
+                    progress.finish(row)
+                store.consolidate()
+        else:
+            self._run_parallel(todo, store, progress)
+        return [store.load_row(t.run_id) for t in trials]
+
+    def _run_parallel(self, todo: list[Trial], store: ResultsStore, progress) -> None:
+        if progress is not None:
+            progress.start_batch(len(todo))
+        pool = self._pool()
+        pending = {pool.submit(_work, t.to_dict(), str(store.root), self.device) for t in todo}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                row = future.result()  # a trial that raised re-raises here, as in a sequential run
+                if progress is not None:
+                    progress.finish(row)
+            store.consolidate()

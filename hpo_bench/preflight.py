@@ -1,0 +1,68 @@
+"""Checks that need the data or the machine, run after the spec validates and before anything is written.
+
+:func:`hpo_bench.config.load_spec` checks each field and the spec's own cross-field rules; these
+checks look at what a setting will meet when it runs: its data (loaded and cached, so the runs
+reuse it), the split sizes, the model's fit to the data, the device. Each failure is one
+:class:`~hpo_bench.errors.SpecError` line naming the field and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from hpo_bench.config import ExperimentSpec, settings
+from hpo_bench.errors import SpecError
+from hpo_bench.execute import data_for
+from hpo_bench.models import create_model
+from hpo_bench.strategy import get_strategy_class
+
+SELECTING_KINDS = ("grid", "tpe", "asha")  # searches that select ρ* on the validation split
+
+
+def _where(setting: dict) -> str:
+    return "" if not setting else " (setting " + ", ".join(f"{k}={v}" for k, v in setting.items()) + ")"
+
+
+def _needs_validation(method) -> str:
+    """Why ``method`` needs a non-empty validation split ('' if it does not)."""
+    if method.search is not None and method.search["kind"] in SELECTING_KINDS:
+        return f"method {method.label!r} selects rho on it"
+    cls = get_strategy_class(method.strategy)
+    if cls.uses_validation_split(cls.Params(**method.params)):
+        return f"method {method.label!r} draws validation batches from it"
+    return ""
+
+
+def preflight(spec: ExperimentSpec) -> None:
+    """Raise SpecError unless every setting of ``spec`` can run on this machine with its data."""
+    for setting, sspec in settings(spec):
+        where = _where(setting)
+        if sspec.train.device == "cuda" and not torch.cuda.is_available():
+            raise SpecError(f"train.device: 'cuda' requested{where} but no CUDA GPU is available; allowed: auto, cpu")
+        data = data_for(dataclasses.asdict(sspec.data))
+        if len(data.train_y) == 0:
+            raise SpecError(f"data.val_fraction: {sspec.data.val_fraction} leaves no training examples{where}; "
+                            "allowed: a smaller val_fraction or more data.num_samples")
+        if len(data.val_y) == 0:
+            reasons = [r for r in map(_needs_validation, sspec.methods) if r]
+            if reasons:
+                raise SpecError(f"data.val_fraction: the validation split is empty{where} but {reasons[0]}; "
+                                "allowed: val_fraction > 0 (e.g. 0.1)")
+        _check_model_fits(sspec, data, where)
+
+
+def _check_model_fits(sspec: ExperimentSpec, data, where: str) -> None:
+    """One forward pass of the model on two training inputs; a shape mismatch is a SpecError."""
+    model = create_model(sspec.model.name, data.num_classes, data.input_shape)
+    x = data.normalize(data.train_x[:2]).to(torch.float32)
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except RuntimeError as err:
+        raise SpecError(f"model.name: {sspec.model.name!r} does not fit data.dataset {sspec.data.dataset!r}{where} "
+                        f"(inputs {tuple(data.input_shape)}: {str(err).splitlines()[0][:120]}); "
+                        "allowed: a model for this dataset (hpo-bench list)") from None
+    if out.shape != (len(x), data.num_classes):
+        raise SpecError(f"model.name: {sspec.model.name!r} gives outputs {tuple(out.shape[1:])} for "
+                        f"{data.num_classes} classes of {sspec.data.dataset!r}{where}; allowed: a model for this dataset")
