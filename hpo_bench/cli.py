@@ -19,6 +19,7 @@ import sys
 from hpo_bench.errors import SpecError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 # The upper-level metrics of ``hpo-bench fidelity --metric`` (hpo_bench.fidelity.METRICS; a test checks
 # that the two agree, since importing fidelity here would import torch).
 FIDELITY_METRICS = ("sq_gap", "gap", "val_loss")
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted override, e.g. train.epochs=5")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-report", action="store_true", help="do not write report.md at the end")
+    run.add_argument("--jobs", type=int, default=None, metavar="N",
+                     help="runs trained at once in worker processes, one thread each (default: the number of cores); "
+                          "also the default concurrency of Optuna and Ray Tune searches (search.workers = 0)")
     run.set_defaults(handler="hpo_bench.commands:cmd_run")
 
     lst = sub.add_parser("list", help="list models, strategies, engines and experiments")
@@ -81,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"hpo-bench: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # workers are stopped by their pools; finished runs are kept
+        print("\nhpo-bench: interrupted; re-run the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

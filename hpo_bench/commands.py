@@ -9,8 +9,10 @@ from pathlib import Path
 
 from hpo_bench.config import load_spec
 from hpo_bench.engines import list_engines
+from hpo_bench.errors import SpecError
 from hpo_bench.experiment import run_experiment
 from hpo_bench.models import list_models, model_doc
+from hpo_bench.pool import default_jobs
 from hpo_bench.preflight import preflight
 from hpo_bench.report import write_report
 from hpo_bench.search import get_search_kind, list_search_kinds
@@ -32,7 +34,10 @@ def cmd_run(args) -> int:
     store.write_metadata(spec.to_dict(), ["hpo-bench"] + sys.argv[1:])
     t0 = time.perf_counter()
     print(f"hpo-bench: running {spec.name!r} into {run_dir}", flush=True)
-    runs = run_experiment(spec, store, device=None, show_progress=not args.no_progress)
+    jobs = default_jobs() if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise SpecError(f"--jobs: {jobs}; allowed: an integer >= 1")
+    runs = run_experiment(spec, store, device=None, show_progress=not args.no_progress, jobs=jobs)
     print(summary_table(runs, store.read_table("searches")))
     print(f"\nwall time {time.perf_counter() - t0:.1f} s; results in {run_dir}/ (runs.parquet, curves.parquet, metadata.json)")
     if spec.report and not args.no_report:

@@ -100,13 +100,16 @@ class SearchConfig:
     n_trials: int = spec_field(8, lo=1, doc="TPE trial budget (rho points; each runs every seed)")
     sampler_seed: int = spec_field(0, lo=0)
     storage: str = spec_field("", doc="Optuna storage: '' = journal file in the run dir, or an RDB URL")
-    workers: int = spec_field(1, lo=1, doc="concurrent trials (optuna: processes; ray: max_concurrent_trials)")
+    workers: int = spec_field(0, lo=0, doc="concurrent trials (optuna: processes; ray: max_concurrent_trials); 0 = --jobs")
     cpus_per_trial: float = spec_field(1.0, lo=0.0, lo_open=True)
     gpus_per_trial: float = spec_field(0.0, lo=0.0)
     address: str = spec_field("", doc="Ray cluster address ('' = start a local Ray, 'auto' = join)")
     asha_grace: int = spec_field(1, lo=1, doc="ASHA grace period in epochs")
     asha_reduction: float = spec_field(2.0, lo=1.0, lo_open=True)
     batched: bool = spec_field(False, doc="train every grid point of a seed in one vectorized pass")
+
+
+SCHEDULING_FIELDS = ("workers", "cpus_per_trial", "gpus_per_trial", "address", "storage")
 
 
 @dataclass
@@ -135,8 +138,17 @@ class ExperimentSpec:
         return dataclasses.asdict(self)
 
     def digest(self) -> str:
-        """Short content hash of the resolved spec; names the output directory."""
-        return stable_hash(self.to_dict())[:8]
+        """Short content hash of what the spec computes; names the output directory.
+
+        How trials are scheduled and where an engine keeps its own bookkeeping
+        (:data:`SCHEDULING_FIELDS` of a search) do not enter it: changing them finds the same
+        results and retrains nothing.
+        """
+        ident = self.to_dict()
+        for method in ident["methods"]:
+            if method.get("search"):
+                method["search"] = {k: v for k, v in method["search"].items() if k not in SCHEDULING_FIELDS}
+        return stable_hash(ident)[:8]
 
 
 # ----------------------------------------------------------------------------- validation

@@ -50,6 +50,22 @@ def _work(trial: dict, store_root: str, device) -> dict:
     return execute_trial(Trial.from_dict(trial), ResultsStore(store_root), device=device)
 
 
+def run_with_progress(trial: Trial, store, device=None, progress=None, consolidate: bool = True) -> dict:
+    """Run ``trial`` (skipped when stored) under the progress display; return its row.
+
+    ``consolidate`` rebuilds runs.parquet after the trial (sequential runs); parallel workers leave
+    that to their driver.
+    """
+    if progress is not None:
+        progress.start(trial)
+    row = execute_trial(trial, store, device=device, progress=progress.bar if progress is not None else None)
+    if progress is not None:
+        progress.finish(row)
+    if consolidate:
+        store.consolidate()
+    return row
+
+
 class TrialPool:
     """``jobs`` worker processes, started on first use and kept for the whole experiment."""
 
@@ -85,19 +101,14 @@ class TrialPool:
         todo = list({t.run_id: t for t in trials if not store.has(t.run_id)}.values())
         if self.jobs == 1 or len(todo) <= 1:
             for trial in todo:
-                if progress is not None:
-                    progress.start(trial)
-                row = execute_trial(trial, store, device=self.device, progress=progress.bar if progress else None)
-                if progress is not None:
-                    progress.finish(row)
-                store.consolidate()
+                run_with_progress(trial, store, self.device, progress)
         else:
             self._run_parallel(todo, store, progress)
         return [store.load_row(t.run_id) for t in trials]
 
     def _run_parallel(self, todo: list[Trial], store: ResultsStore, progress) -> None:
         if progress is not None:
-            progress.start_batch(len(todo))
+            progress.start_batch(len(todo), min(self.jobs, len(todo)))
         pool = self._pool()
         pending = {pool.submit(_work, t.to_dict(), str(store.root), self.device) for t in todo}
         while pending:

@@ -1,4 +1,9 @@
-"""Progress display: one tqdm bar per run (steps, ETA, latest validation accuracy)."""
+"""Progress display: a tqdm bar and one line per finished run.
+
+Sequential runs: the bar counts the current run's steps (ETA, latest validation accuracy).
+Concurrent runs (:meth:`RunProgress.start_batch`): the bar counts finished runs of the batch
+(ETA over runs), since the runs' steps happen in other processes.
+"""
 from __future__ import annotations
 
 import sys
@@ -13,6 +18,7 @@ class RunProgress:
         self.enabled = enabled and sys.stderr.isatty()
         self.bar = None
         self.done = 0
+        self.batch = False
 
     def __enter__(self):
         if self.enabled:
@@ -24,8 +30,23 @@ class RunProgress:
             self.bar.close()
 
     def start(self, trial) -> None:
+        self.batch = False
         if self.bar is not None:
+            self.bar.unit = "step"
             self.bar.set_description(f"{trial.method} rho={trial.rho:g} seed={trial.seed}")
+
+    def start_batch(self, n_runs: int, workers: int) -> None:
+        """The next ``n_runs`` finish in any order, ``workers`` at a time: the bar counts runs."""
+        self.batch = True
+        if self.bar is not None:
+            self.bar.reset(total=n_runs)
+            self.bar.unit = "run"
+            self.bar.set_description(f"{n_runs} runs, {workers} at a time")
+        else:
+            print(f"{n_runs} runs, {workers} at a time", flush=True)
+
+    def note(self, message: str) -> None:
+        (self.bar.write if self.bar is not None else print)(message)
 
     def finish(self, row: dict) -> None:
         self.done += 1
@@ -33,4 +54,6 @@ class RunProgress:
         acc = row.get("test_acc", float("nan"))
         msg = f"[{self.done}] {row['method']:<22} rho0={row['rho0']:<8g} seed={row['seed']:<3} " \
               f"status={status:<8} test_acc={acc:.4f} grad_evals={row.get('grad_evals', 0)} wall={row.get('wall_s', 0):.1f}s"
-        (self.bar.write if self.bar is not None else print)(msg)
+        self.note(msg)
+        if self.batch and self.bar is not None:
+            self.bar.update(1)

@@ -9,7 +9,7 @@ entry point as the strategies, so ``hpo_bench`` never imports ``searchers``.
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
 from typing import ClassVar
 
 import pandas as pd
@@ -19,6 +19,7 @@ from hpo_bench.engines import Engine, get_engine
 from hpo_bench.registry import Registry
 from hpo_bench.selection import summarize
 from hpo_bench.strategy import load_plugins
+from hpo_bench.trial import Trial
 
 __all__ = ["SEARCH_KINDS", "SearchKind", "get_search_kind", "list_search_kinds", "register_search_kind",
            "run_search"]
@@ -38,9 +39,13 @@ class SearchKind(ABC):
         """The ``search`` field of the search's trials and of its summary row."""
         return f"{self.cfg.kind}/{self.cfg.engine}"
 
-    @abstractmethod
+    def fixed_trials(self, spec, method, setting: dict) -> list[Trial] | None:
+        """The search's trials when they are known before it runs (grid, sweep); None for adaptive kinds."""
+        return None
+
     def run(self, engine: Engine, spec, method, setting: dict, store, progress=None) -> list[dict]:
         """Run the search's trials of ``method`` through ``engine``; return their rows."""
+        return engine.run_trials(self.fixed_trials(spec, method, setting), store, progress)
 
     def summaries(self, method, setting: dict, rows: list[dict]) -> list[dict]:
         """The search's summary (ρ* and cost) and anytime curve; ``[]`` for a kind that selects nothing."""
@@ -63,9 +68,15 @@ def get_search_kind(name: str) -> type[SearchKind]:
     return SEARCH_KINDS.get(name)
 
 
-def run_search(spec, method, setting, store, device=None, progress=None) -> list[dict]:
-    """Run the search of ``method`` through its engine; return its summaries (``[]`` for a sweep)."""
+def search_kind(method) -> SearchKind:
+    """The search kind of ``method`` (which has a ``search`` table), built from its config."""
     cfg = SearchConfig(**method.search)
-    kind = get_search_kind(cfg.kind)(cfg)
-    rows = kind.run(get_engine(cfg.engine, cfg, store.root, device), spec, method, setting, store, progress)
+    return get_search_kind(cfg.kind)(cfg)
+
+
+def run_search(spec, method, setting, store, device=None, progress=None, pool=None) -> list[dict]:
+    """Run the search of ``method`` through its engine; return its summaries (``[]`` for a sweep)."""
+    kind = search_kind(method)
+    rows = kind.run(get_engine(kind.cfg.engine, kind.cfg, store.root, device, pool), spec, method, setting, store,
+                    progress)
     return kind.summaries(method, setting, rows)

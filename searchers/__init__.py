@@ -17,5 +17,12 @@ finds it through the ``hpo_bench.strategies`` entry point and never imports it d
 """
 from __future__ import annotations
 
-from searchers import ae_sam, fixed, hypergrad, lets, looksam, samar  # noqa: F401  (registration)
-from searchers import searches  # noqa: F401  (search kinds: grid, tpe, asha, sweep)
+from searchers import (  # noqa: F401  (registration)
+    ae_sam,
+    fixed,
+    hypergrad,
+    lets,
+    looksam,
+    samar,
+    searches,  # noqa: F401  (search kinds: grid, tpe, asha, sweep)
+)

@@ -13,7 +13,7 @@ from functools import partial
 
 from hpo_bench.engines import Engine, SearchSpace
 from hpo_bench.search import SearchKind, register_search_kind
-from hpo_bench.trial import grid_trials, make_trial, method_trials
+from hpo_bench.trial import Trial, grid_trials, make_trial, method_trials
 
 
 @register_search_kind
@@ -21,8 +21,8 @@ class GridSearch(SearchKind):
     name = "grid"
     summary_doc = "every rho of search.grid x every seed; rho* = best mean validation accuracy"
 
-    def run(self, engine: Engine, spec, method, setting, store, progress=None) -> list[dict]:
-        return engine.run_trials(grid_trials(spec, method, setting, self.tag), store, progress)
+    def fixed_trials(self, spec, method, setting) -> list[Trial]:
+        return grid_trials(spec, method, setting, self.tag)
 
 
 class AdaptiveSearch(SearchKind):
@@ -50,8 +50,8 @@ class SweepSearch(SearchKind):
     name = "sweep"
     summary_doc = "the method's rho value(s) x seeds run through the engine; no selection"
 
-    def run(self, engine: Engine, spec, method, setting, store, progress=None) -> list[dict]:
-        return engine.run_trials(method_trials(spec, method, setting), store, progress)
+    def fixed_trials(self, spec, method, setting) -> list[Trial]:
+        return method_trials(spec, method, setting)
 
     def summaries(self, method, setting, rows) -> list[dict]:
         return []

@@ -25,6 +25,10 @@ def list_engines() -> list[str]:
     return ENGINES.names()
 
 
-def get_engine(name: str, search_cfg, run_dir, device=None) -> Engine:
-    """The engine ``name`` for ``search_cfg``; an unknown name is a one-line ValueError naming the field."""
-    return ENGINES.get(name)(search_cfg, run_dir, device)
+def get_engine(name: str, search_cfg, run_dir, device=None, pool=None) -> Engine:
+    """The engine ``name`` for ``search_cfg``; an unknown name is a one-line ValueError naming the field.
+
+    ``pool`` (a :class:`~hpo_bench.pool.TrialPool`) runs the local engine's trials and sets the
+    default concurrency of the others (``search.workers = 0``).
+    """
+    return ENGINES.get(name)(search_cfg, run_dir, device, pool)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from hpo_bench.pool import TrialPool
 from hpo_bench.trial import Trial
 
 TrialFactory = Callable[[float, int], Trial]  # (rho, seed) -> the search's trial at that point
@@ -57,8 +58,10 @@ class Engine(ABC):
     name: ClassVar[str]
     kinds: ClassVar[tuple[str, ...]] = ("grid", "sweep")
 
-    def __init__(self, search_cfg, run_dir, device=None):
+    def __init__(self, search_cfg, run_dir, device=None, pool: TrialPool | None = None):
         self.cfg, self.run_dir, self.device = search_cfg, Path(run_dir).resolve(), device
+        self.pool = pool if pool is not None else TrialPool(1, device)
+        self.workers = search_cfg.workers or self.pool.jobs  # concurrent trials; search.workers = 0: --jobs
 
     @abstractmethod
     def run_trials(self, trials: list[Trial], store, progress=None) -> list[dict]:

@@ -10,25 +10,7 @@ import math
 import re
 
 from hpo_bench.engines.base import SearchSpace, TrialFactory
-from hpo_bench.execute import execute_trial
 from hpo_bench.trial import Trial
-
-
-def run_with_progress(trial: Trial, store, device=None, progress=None, consolidate: bool = True) -> dict:
-    """Run ``trial`` (skipped when stored) under the progress display; return its row.
-
-    ``consolidate`` rebuilds runs.parquet after the trial (sequential runs); parallel workers leave
-    that to their driver.
-    """
-    if progress is not None:
-        progress.start(trial)
-    row = execute_trial(trial, store, device=device, progress=progress.bar if progress is not None else None)
-    if progress is not None:
-        progress.finish(row)
-    if consolidate:
-        store.consolidate()
-    return row
-
 
 # ----------------------------------------------------------------------------- names
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from hpo_bench.batched import run_batched
 from hpo_bench.engines.base import Engine
-from hpo_bench.engines.common import run_with_progress
 
 
 class LocalEngine(Engine):
@@ -16,4 +15,4 @@ class LocalEngine(Engine):
     def run_trials(self, trials, store, progress=None) -> list[dict]:
         if self.cfg.batched:
             return run_batched(trials, store, device=self.device, progress=progress)
-        return [run_with_progress(trial, store, self.device, progress) for trial in trials]
+        return self.pool.run(trials, store, progress)

@@ -49,11 +49,11 @@ from hpo_bench.engines.common import (
     from_template,
     mean_value,
     row_value,
-    run_with_progress,
     set_name,
     tpe_name,
     trial_template,
 )
+from hpo_bench.pool import run_with_progress
 from hpo_bench.store import ResultsStore
 from hpo_bench.trial import Trial
 
@@ -183,14 +183,14 @@ class OptunaEngine(Engine):
         return stale
 
     def _job(self, kind: str, study_name: str, store, **extra) -> dict:
-        threads = max(1, int(self.cfg.cpus_per_trial)) if self.cfg.workers > 1 else 0
+        threads = max(1, int(self.cfg.cpus_per_trial)) if self.workers > 1 else 0
         return {"kind": kind, "study_name": study_name, "storage": self.cfg.storage, "run_dir": str(self.run_dir),
                 "store_root": str(Path(store.root).resolve()), "device": self.device, "threads": threads, **extra}
 
     def _drive(self, job: dict, n_tokens: int, progress=None) -> None:
         if n_tokens <= 0:
             return
-        workers = min(self.cfg.workers, n_tokens)
+        workers = min(self.workers, n_tokens)
         if workers <= 1:
             tokens = queue_mod.Queue()
             for _ in range(n_tokens):

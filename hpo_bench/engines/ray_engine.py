@@ -256,8 +256,8 @@ class RayEngine(Engine):
     name = "ray"
     kinds = ("grid", "sweep", "tpe", "asha")
 
-    def __init__(self, search_cfg, run_dir, device=None):
-        super().__init__(search_cfg, run_dir, device)
+    def __init__(self, search_cfg, run_dir, device=None, pool=None):
+        super().__init__(search_cfg, run_dir, device, pool)
         self.ray_dir = self.run_dir / "ray"
 
     def _resources(self) -> dict:
@@ -312,7 +312,7 @@ class RayEngine(Engine):
     def _tune_config(self, trials, asha: SearchSpace | None):
         from ray import tune
 
-        kw = {"max_concurrent_trials": self.cfg.workers, "reuse_actors": True}
+        kw = {"max_concurrent_trials": self.workers, "reuse_actors": True}
         if asha is not None:
             from ray.tune.schedulers import ASHAScheduler
 
@@ -369,7 +369,7 @@ class RayEngine(Engine):
                                     metric="objective", mode="max",
                                     sampler=optuna.samplers.TPESampler(seed=space.sampler_seed))
             tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
-                search_alg=searcher, num_samples=space.n_trials, max_concurrent_trials=self.cfg.workers,
+                search_alg=searcher, num_samples=space.n_trials, max_concurrent_trials=self.workers,
                 reuse_actors=True), run_config=self._run_config(name))
         with tune_env(buffered=False):
             grid = tuner.fit()

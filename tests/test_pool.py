@@ -1,0 +1,130 @@
+"""Concurrent local execution (``--jobs``): same rows as a sequential run, clean Ctrl-C, exactly-once resume."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hpo_bench.config import load_spec
+from hpo_bench.experiment import run_experiment
+from hpo_bench.store import ResultsStore
+from tests.conftest import ROOT
+
+SPEC = """
+name = "pool"
+seeds = [0, 1]
+report = false
+[data]
+dataset = "mnist1d"
+num_samples = 500
+[model]
+name = "mnist1d_mlp"
+[train]
+epochs = {epochs}
+batch_size = 50
+threads = 1
+[[methods]]
+label = "ERM"
+strategy = "erm"
+[[methods]]
+label = "Grid SAM"
+strategy = "sam"
+[methods.search]
+grid = [0.02, 0.2]
+[[methods]]
+label = "SAM at rho*"
+strategy = "sam"
+rho_from = "Grid SAM"
+[[methods]]
+label = "LETS-SAM"
+strategy = "lets-sam"
+rho = 0.05
+params = {{ beta = 0.01 }}
+"""
+N_RUNS = 2 + 4 + 2 + 2
+METRICS = ["best_val_acc", "test_acc", "last_train_loss", "last_val_loss", "last_test_loss", "grad_evals", "rho_final"]
+
+
+def write_spec(tmp_path: Path, epochs: int) -> Path:
+    path = tmp_path / "pool.toml"
+    path.write_text(SPEC.format(epochs=epochs))
+    return path
+
+
+def keyed(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs.set_index(["method", "rho0", "seed"]).sort_index()
+
+
+def test_concurrent_rows_equal_sequential_rows(tmp_path):
+    spec = load_spec(write_spec(tmp_path, epochs=2))
+    seq = run_experiment(spec, ResultsStore(tmp_path / "seq"), show_progress=False, jobs=1)
+    par_store = ResultsStore(tmp_path / "par")
+    par = run_experiment(spec, par_store, show_progress=False, jobs=2)
+    assert len(seq) == len(par) == N_RUNS
+    assert sorted(seq["run_id"]) == sorted(par["run_id"])
+    pd.testing.assert_frame_equal(keyed(seq)[METRICS], keyed(par)[METRICS])  # the same bits
+    searches = par_store.read_table("searches")
+    assert list(searches["method"]) == ["Grid SAM"] and searches["rho_star"].iloc[0] in (0.02, 0.2)
+    assert set(par.loc[par["method"] == "SAM at rho*", "rho0"]) == {searches["rho_star"].iloc[0]}
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def _start(spec: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "hpo_bench.cli", "run", str(spec), "--out", str(out), "--jobs", "2",
+                             "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_trials(out: Path, n: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(list(out.glob("*/trials/*.json"))) >= n:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    raise AssertionError("no trial finished in time")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_concurrent_run_stops_its_workers_and_resumes_exactly_once(tmp_path, sig):
+    spec, out = write_spec(tmp_path, epochs=150), tmp_path / "runs"  # runs of a few seconds
+    proc = _start(spec, out)
+    _wait_for_trials(out, 1, proc)
+    workers = _children(proc.pid)
+    assert workers, "no worker processes"
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130
+        assert stderr.strip().splitlines()[-1] == "hpo-bench: interrupted; re-run the same command to resume"
+        assert "Traceback" not in stderr
+    deadline = time.time() + 3  # well before a worker could finish the run it is training
+    while any(_alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers), "a worker outlived its driver"
+    done_before = {p.stem for p in out.glob("*/trials/*.json")}
+    assert 0 < len(done_before) < N_RUNS
+    rerun = _start(spec, out)
+    _, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err
+    runs = pd.read_parquet(next(out.glob("*/runs.parquet")))
+    assert len(runs) == N_RUNS and runs["run_id"].is_unique
