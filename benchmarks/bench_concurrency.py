@@ -1,0 +1,78 @@
+"""Concurrent vs sequential local execution (``--jobs``) on the README's main job, side by side.
+
+Runs the local part of ``experiments/quick.toml`` (its plain methods: ERM, SAM, ASAM, LETS-SAM,
+LETS-ASAM, the exact hypergradient, AE-SAM, SAMAR x 2 seeds = 16 runs, MNIST-1D CNN, one torch
+thread per run) into fresh temporary stores, alternating in rounds: once with ``jobs = 1`` (one run
+after another in the driver) and once with ``jobs = N`` worker processes. Prints each round's wall
+times, the median speed-up (target >= 1.8x on 2 cores), the CPU use of the concurrent run (its
+workers' CPU seconds over its wall time) and the largest metric difference between the two (0:
+concurrency never changes what a run computes). The worker start-up (processes importing torch,
+loading the data) is inside the timed part. Other load on the machine skews both numbers: the load
+average is printed.
+Usage: ``python benchmarks/bench_concurrency.py [--epochs 15] [--rounds 3] [--jobs 2]``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+import pandas as pd
+
+from hpo_bench.config import load_spec
+from hpo_bench.experiment import run_experiment
+from hpo_bench.store import ResultsStore
+
+METRICS = ["best_val_acc", "test_acc", "last_train_loss", "last_val_loss", "last_test_loss", "grad_evals"]
+SPEC = os.path.join(os.path.dirname(__file__), "..", "experiments", "quick.toml")
+
+
+def local_spec(epochs: int):
+    spec = load_spec(SPEC, [f"train.epochs={epochs}"])
+    spec.methods = [m for m in spec.methods if m.search is None and not m.rho_from]
+    return spec
+
+
+def timed_run(spec, jobs: int) -> tuple[float, float, pd.DataFrame]:
+    """(wall s, CPU s of this process and its finished children, runs) of one fresh run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        before = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        runs = run_experiment(spec, ResultsStore(tmp), show_progress=False, jobs=jobs)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, before))
+    return wall, cpu, runs
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args(argv)
+    spec = local_spec(args.epochs)
+    print(f"{len(spec.methods)} plain methods x {len(spec.seeds)} seeds, {args.epochs} epochs; "
+          f"jobs 1 vs {args.jobs}; cores {os.cpu_count()}; load average {os.getloadavg()[0]:.2f}", flush=True)
+    ratios, diffs = [], []
+    for r in range(args.rounds):
+        seq_wall, seq_cpu, seq = timed_run(spec, 1)
+        par_wall, par_cpu, par = timed_run(spec, args.jobs)
+        key = ["method", "seed"]
+        diff = float((seq.set_index(key).sort_index()[METRICS] - par.set_index(key).sort_index()[METRICS]).abs().max().max())
+        ratios.append(seq_wall / par_wall)
+        diffs.append(diff)
+        print(f"round {r + 1}: sequential {seq_wall:.1f} s (CPU {100 * seq_cpu / seq_wall:.0f} %), "
+              f"{args.jobs} jobs {par_wall:.1f} s (CPU {100 * par_cpu / par_wall:.0f} %): {seq_wall / par_wall:.2f}x; "
+              f"max |metric difference| {diff:.3g}", flush=True)
+    print(f"\nmedian speed-up {statistics.median(ratios):.2f}x over {args.rounds} rounds (target >= 1.8x on 2 cores); "
+          f"largest metric difference {max(diffs):.3g}; load average {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
