@@ -16,7 +16,7 @@ import argparse
 import importlib
 import sys
 
-from hpo_bench.errors import SpecError
+from hpo_bench.errors import SpecError, WriteError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
@@ -73,17 +73,31 @@ def _handler(name: str):
     return getattr(importlib.import_module(module), func)
 
 
+def one_line(message: str) -> str:
+    """``message`` with every character that would start a new line or hide one (control characters,
+    line and paragraph separators) written as its escape, so the error is always one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
+def _check_out_flag(args) -> None:
+    """``--out`` as typed: ``Path("")`` would silently mean the current directory."""
+    out = getattr(args, "out", None)
+    if out is not None and (not out.strip() or "\0" in out):
+        raise SpecError(f"--out: {out!r} is not a usable path; allowed: a writable directory, e.g. runs")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv)
+        _check_out_flag(args)
         return _handler(args.handler)(args)
-    except SpecError as err:
-        print(f"hpo-bench: error: {err}", file=sys.stderr)
+    except (SpecError, WriteError) as err:  # WriteError: a results file could not be written (disk full, ...)
+        print(f"hpo-bench: error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_USAGE
     except ValueError as err:  # data/model errors carry the field name first
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"hpo-bench: error: {msg}", file=sys.stderr)
+        print(f"hpo-bench: error: {one_line(msg)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # workers are stopped by their pools; finished runs are kept
         print("\nhpo-bench: interrupted; re-run the same command to resume", file=sys.stderr)

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from hpo_bench.config import load_spec
+from hpo_bench.config import MAX_WORKERS, load_spec
 from hpo_bench.engines import list_engines
 from hpo_bench.errors import SpecError
 from hpo_bench.experiment import run_experiment
@@ -22,6 +22,11 @@ from hpo_bench.summary import summary_table
 
 
 def cmd_run(args) -> int:
+    """Every input is checked before anything is written: flags, spec, ``--out``, then (preflight) what
+    each setting meets when it runs; only then the run directory and its metadata.json."""
+    jobs = min(default_jobs(), MAX_WORKERS) if args.jobs is None else args.jobs
+    if not 1 <= jobs <= MAX_WORKERS:
+        raise SpecError(f"--jobs: {jobs}; allowed: an integer in [1, {MAX_WORKERS}]")
     overrides = list(args.set or [])
     if args.device:
         overrides.append(f'train.device="{args.device}"')
@@ -34,9 +39,6 @@ def cmd_run(args) -> int:
     store.write_metadata(spec.to_dict(), ["hpo-bench"] + sys.argv[1:])
     t0 = time.perf_counter()
     print(f"hpo-bench: running {spec.name!r} into {run_dir}", flush=True)
-    jobs = default_jobs() if args.jobs is None else args.jobs
-    if jobs < 1:
-        raise SpecError(f"--jobs: {jobs}; allowed: an integer >= 1")
     runs = run_experiment(spec, store, device=None, show_progress=not args.no_progress, jobs=jobs)
     print(summary_table(runs, store.read_table("searches")))
     print(f"\nwall time {time.perf_counter() - t0:.1f} s; results in {run_dir}/ (runs.parquet, curves.parquet, metadata.json)")

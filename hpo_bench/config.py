@@ -41,19 +41,23 @@ from hpo_bench.storage_url import validate_storage_url
 from hpo_bench.strategy import get_strategy_class, list_strategies
 
 
-def spec_field(default, *, choices=None, lo=None, hi=None, lo_open=False, hi_open=False, doc=""):
-    """A dataclass field with validation metadata (choices, closed/open bounds)."""
-    meta = dict(choices=choices, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, doc=doc)
+def spec_field(default, *, choices=None, lo=None, hi=None, lo_open=False, hi_open=False, doc="", text=None):
+    """A dataclass field with validation metadata (choices, closed/open bounds, ``text``: 'path' or 'line')."""
+    meta = dict(choices=choices, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, doc=doc, text=text)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)
     return field(default=default, metadata=meta)
 
 
+MAX_SAMPLES = 1_000_000  # MNIST-1D is generated in memory at preflight: 10**6 samples is ~160 MB
+MAX_WORKERS = 1024  # threads, processes or concurrent trials: more would exhaust the OS, not speed a run up
+
+
 @dataclass
 class DataConfig:
     dataset: str = spec_field("mnist1d", choices=["mnist1d", "cifar10", "cifar100"])
-    data_root: str = spec_field(".cache/data", doc="directory of the MNIST-1D cache / CIFAR batches")
-    num_samples: int = spec_field(5000, lo=100, doc="MNIST-1D samples in total (80% train, 20% test)")
+    data_root: str = spec_field(".cache/data", text="path", doc="directory of the MNIST-1D cache / CIFAR batches")
+    num_samples: int = spec_field(5000, lo=100, hi=MAX_SAMPLES, doc="MNIST-1D samples in total (80% train, 20% test)")
     data_seed: int = spec_field(42, lo=0, doc="MNIST-1D generation seed")
     val_fraction: float = spec_field(0.1, lo=0.0, hi=1.0, hi_open=True)
     split_seed: int = spec_field(0, lo=0)
@@ -84,7 +88,7 @@ class TrainConfig:
     amp: bool = spec_field(True, doc="bf16 autocast + channels_last on CUDA (never on CPU, never with float64)")
     dtype: str = spec_field("float32", choices=["float32", "float64"],
                             doc="weights and compute; float64 for reference runs and parity checks")
-    threads: int = spec_field(0, lo=0, doc="torch CPU threads for a run (0 = leave as is)")
+    threads: int = spec_field(0, lo=0, hi=MAX_WORKERS, doc="torch CPU threads for a run (0 = leave as is)")
     max_wall_s: float = spec_field(0.0, lo=0.0, doc="per-run wall-time budget in s (0 = none) -> status 'timeout'")
     max_mem_mb: float = spec_field(0.0, lo=0.0, doc="per-run memory budget in MiB (0 = none): CUDA allocation on GPU, process RSS on CPU -> status 'oom'")
 
@@ -100,7 +104,7 @@ class SearchConfig:
     n_trials: int = spec_field(8, lo=1, doc="TPE trial budget (rho points; each runs every seed)")
     sampler_seed: int = spec_field(0, lo=0)
     storage: str = spec_field("", doc="Optuna storage: '' = journal file in the run dir, or an RDB URL")
-    workers: int = spec_field(0, lo=0, doc="concurrent trials (optuna: processes; ray: max_concurrent_trials); 0 = --jobs")
+    workers: int = spec_field(0, lo=0, hi=MAX_WORKERS, doc="concurrent trials (optuna: processes; ray: max_concurrent_trials); 0 = --jobs")
     cpus_per_trial: float = spec_field(1.0, lo=0.0, lo_open=True)
     gpus_per_trial: float = spec_field(0.0, lo=0.0)
     address: str = spec_field("", doc="Ray cluster address ('' = start a local Ray, 'auto' = join)")
@@ -114,12 +118,12 @@ SCHEDULING_FIELDS = ("workers", "cpus_per_trial", "gpus_per_trial", "address", "
 
 @dataclass
 class MethodConfig:
-    label: str = spec_field("")
+    label: str = spec_field("", text="line")
     strategy: str = spec_field("sam")
     rho: Any = spec_field(0.05, doc="perturbation radius, or initial radius rho_0; a list runs one per value")
     params: dict = spec_field({})
     search: dict | None = spec_field(None)
-    rho_from: str = spec_field("", doc="label of an earlier search method: run at its selected rho* (per setting)")
+    rho_from: str = spec_field("", text="line", doc="label of an earlier search method: run at its selected rho* (per setting)")
 
 
 @dataclass
@@ -165,8 +169,27 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
 
 
 def _short(value) -> str:
-    text = repr(value)
+    """``repr(value)`` cut to 40 characters (an int too long to print is described by its size)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond sys.get_int_max_str_digits() (e.g. TOML hex literals)
+        return f"an integer of {value.bit_length()} bits"
+    except RecursionError:
+        return f"a {type(value).__name__} nested too deeply"
     return text if len(text) <= 40 else f"{text[:20]}...({len(text)} chars)"
+
+
+def _key(key) -> str:
+    """A key as it can appear in a one-line message: as written when printable and short, else repr'd."""
+    return key if isinstance(key, str) and key.isprintable() and len(key) <= 40 else _short(key)
+
+
+def _check_text(path: str, value: str, kind: str | None) -> None:
+    """``kind`` 'path': a non-empty file-system path; 'line': one line of printable text (at most 100)."""
+    if kind == "path" and (not value or "\0" in value):
+        raise SpecError(f"{path}: {_short(value)} is not a usable path; allowed: a non-empty path without NUL")
+    if kind == "line" and (not value.isprintable() or len(value) > 100):
+        raise SpecError(f"{path}: {_short(value)} is not one short line; allowed: up to 100 printable characters")
 
 
 def _check_number(path: str, value, tp):
@@ -191,12 +214,13 @@ def check_value(path: str, value, tp, meta: dict):
     """Coerce and validate one scalar field against its type and metadata; raise SpecError."""
     if tp is bool:
         if not isinstance(value, bool):
-            raise SpecError(f"{path}: expected true or false, got {value!r}")
+            raise SpecError(f"{path}: expected true or false, got {_short(value)}")
     elif tp in (int, float):
         value = _check_number(path, value, tp)
     elif tp is str:
         if not isinstance(value, str):
-            raise SpecError(f"{path}: expected a string, got {value!r}")
+            raise SpecError(f"{path}: expected a string, got {_short(value)}")
+        _check_text(path, value, meta.get("text"))
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise SpecError(f"{path}: {_short(value)} is not allowed; allowed: {', '.join(map(str, choices))}")
@@ -218,7 +242,7 @@ def build_dataclass(cls, raw: dict, path: str):
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
-            where = f"{path}.{key}" if path else key
+            where = f"{path}.{_key(key)}" if path else _key(key)
             raise SpecError(f"{where}: unknown key; allowed: {', '.join(names)}")
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -253,13 +277,27 @@ def validate_search(raw: dict, where: str) -> SearchConfig:
             raise SpecError(f"{where}.rho_min: {search.rho_min} must be < rho_max {search.rho_max}")
     if search.kind == "asha" and search.engine != "ray":
         raise SpecError(f"{where}.engine: kind 'asha' needs engine 'ray'; allowed: ray")
-    if search.kind == "sweep" and search.grid:
+    if search.kind == "sweep" and search.grid != []:
         raise SpecError(f"{where}.grid: a sweep runs the method's rho values; allowed: no grid (set methods[].rho)")
+    if search.kind == "tpe" and search.grid != []:
+        raise SpecError(f"{where}.grid: kind 'tpe' draws rho from [rho_min, rho_max]; allowed: no grid")
     if search.batched and (search.kind != "grid" or search.engine != "local"):
         raise SpecError(f"{where}.batched: only for kind 'grid' with engine 'local'; allowed: false")
     if search.storage:
         validate_storage_url(search.storage, f"{where}.storage")
+    _check_address(search.address, f"{where}.address")
     return search
+
+
+def _check_address(address: str, where: str) -> None:
+    """A Ray address must be '' / 'auto' / 'local' or ``[ray://]HOST:PORT`` (reachability is the engine's check)."""
+    if address in ("", "auto", "local"):
+        return
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not (sep and host.strip("[]") and host.isprintable() and " " not in host
+            and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise SpecError(f"{where}: {_short(address)} is not HOST:PORT; allowed: '' (start a local Ray), 'auto' "
+                        "or HOST:PORT of a running Ray head node")
 
 
 def validate_spec(raw: dict) -> ExperimentSpec:
@@ -269,8 +307,7 @@ def validate_spec(raw: dict) -> ExperimentSpec:
     spec = build_dataclass(ExperimentSpec, top, "")
     for name, cls in _SECTIONS.items():
         setattr(spec, name, build_dataclass(cls, raw.get(name, {}), name))
-    if spec.model.name not in list_models():
-        raise SpecError(f"model.name: unknown model {spec.model.name!r}; allowed: {', '.join(list_models())}")
+    _check_model("model.name", spec.model.name)
     if not NAME_PATTERN.fullmatch(spec.name):
         raise SpecError(f"name: {_short(spec.name)} cannot name an output folder; allowed: 1-80 letters, digits, "
                         "'.', '_' or '-', starting with a letter or digit")
@@ -321,15 +358,25 @@ def _validate_vary(spec: ExperimentSpec):
         raise SpecError("vary: expected a table of dotted field -> list of values")
     for key, values in spec.vary.items():
         section, _, name = key.partition(".")
-        if section not in _SECTIONS or name not in {f.name for f in dataclasses.fields(_SECTIONS[section])}:
-            raise SpecError(f"vary.{key}: unknown field; allowed: data.*, model.*, train.* fields")
+        fields = {f.name: f for f in dataclasses.fields(_SECTIONS[section])} if section in _SECTIONS else {}
+        if name not in fields:
+            raise SpecError(f"vary.{_key(key)}: unknown field; allowed: data.*, model.*, train.* fields")
         if not isinstance(values, list) or not values:
-            raise SpecError(f"vary.{key}: expected a non-empty list of values")
+            raise SpecError(f"vary.{key}: expected a non-empty list of values, got {_short(values)}")
         # each value must be valid for the field; store it coerced (an integer field gets ints)
-        values = [getattr(build_dataclass(_SECTIONS[section], {name: v}, section), name) for v in values]
+        tp = typing.get_type_hints(_SECTIONS[section])[name]
+        values = [check_value(f"vary.{key}[{i}]", v, tp, fields[name].metadata) for i, v in enumerate(values)]
+        if key == "model.name":
+            for i, v in enumerate(values):
+                _check_model(f"vary.{key}[{i}]", v)
         if len(set(map(repr, values))) != len(values):
-            raise SpecError(f"vary.{key}: duplicate values {values}; allowed: distinct values")
+            raise SpecError(f"vary.{key}: duplicate values {_short(values)}; allowed: distinct values")
         spec.vary[key] = values
+
+
+def _check_model(where: str, name: str) -> None:
+    if name not in list_models():
+        raise SpecError(f"{where}: unknown model {_short(name)}; allowed: {', '.join(list_models())}")
 
 
 def settings(spec: ExperimentSpec) -> list[tuple[dict, ExperimentSpec]]:
@@ -355,15 +402,25 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise SpecError(f"--set {text!r}: expected key=value, e.g. train.epochs=5")
     key, value = text.split("=", 1)
     key = key.strip()
-    if not key or any(not part for part in key.split(".")):
-        raise SpecError(f"--set {text!r}: expected a dotted key such as train.epochs")
+    if not key or any(not part for part in key.split(".")) or not key.isprintable():
+        raise SpecError(f"--set {_short(text)}: expected a dotted key such as train.epochs")
     try:
         parsed = tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value
     except RecursionError:
         raise SpecError(f"--set {key}: the value nests too deeply; allowed: a TOML value such as 5, 0.1, [1, 2]") from None
+    except ValueError:  # an integer literal beyond sys.get_int_max_str_digits()
+        raise SpecError(f"--set {key}: {_short(value)} has too many digits; allowed: a TOML value such as 5, 0.1") from None
     return key.split("."), parsed
+
+
+def _index(part: str, node: list, where: str) -> int:
+    """``part`` as an index of the list ``node`` (ASCII digits only), else a SpecError naming ``where``."""
+    if not (part.isascii() and part.isdigit()) or int(part) >= len(node):
+        raise SpecError(f"--set {where}: no such list element; allowed: "
+                        + (f"0..{len(node) - 1}" if node else "none (the list is empty)"))
+    return int(part)
 
 
 def apply_override(raw: dict, parts: list[str], value):
@@ -372,9 +429,7 @@ def apply_override(raw: dict, parts: list[str], value):
     for i, part in enumerate(parts[:-1]):
         where = ".".join(parts[: i + 1])
         if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise SpecError(f"--set {where}: no such list element; allowed: 0..{len(node) - 1}")
-            node = node[int(part)]
+            node = node[_index(part, node, where)]
         else:
             if part not in node:
                 node[part] = {}
@@ -383,9 +438,7 @@ def apply_override(raw: dict, parts: list[str], value):
             raise SpecError(f"--set {where}: is a value, not a table; allowed: a key of a table, e.g. train.epochs")
     last = parts[-1]
     if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
-            raise SpecError(f"--set {'.'.join(parts)}: no such list element; allowed: 0..{len(node) - 1}")
-        node[int(last)] = value
+        node[_index(last, node, ".".join(parts))] = value
     else:
         node[last] = value
 
@@ -407,6 +460,9 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> ExperimentSpec:
         raise SpecError(f"spec: cannot read {str(path)!r} ({err.strerror}); allowed: a readable .toml file") from None
     except UnicodeDecodeError:
         raise SpecError(f"spec: {str(path)!r} is not UTF-8 text; allowed: a TOML file") from None
+    except ValueError:  # an integer literal beyond sys.get_int_max_str_digits()
+        raise SpecError(f"spec: {str(path)!r} holds a number with too many digits; allowed: "
+                        f"integers with |value| <= {INT_MAX}") from None
     for text in overrides:
         parts, value = parse_override(text)
         apply_override(raw, parts, value)

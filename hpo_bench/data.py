@@ -11,6 +11,8 @@
 """
 from __future__ import annotations
 
+import pickle
+import zipfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -97,12 +99,35 @@ def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> tor
 
 
 # ----------------------------------------------------------------------------- sources
+MNIST1D_KEYS = ("x", "y", "x_test", "y_test")
+
+
+def _read_mnist1d_cache(path: Path) -> dict:
+    """The arrays of an MNIST-1D cache file; anything else there is a ValueError naming ``data.data_root``."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in MNIST1D_KEYS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        reason = str(err).splitlines()[0][:80] if str(err) else type(err).__name__
+        raise ValueError(f"data.data_root: the MNIST-1D cache {str(path)!r} is unreadable or corrupt ({reason}); "
+                         "allowed: a valid cache file, or none (delete it: it is generated again)") from None
+    x, y, xt, yt = (arrays[k] for k in MNIST1D_KEYS)
+    if not (x.ndim == xt.ndim == 2 and y.ndim == yt.ndim == 1 and len(x) == len(y) > 0 and len(xt) == len(yt) > 0
+            and x.shape[1] == xt.shape[1] and x.dtype.kind == xt.dtype.kind == "f" and y.dtype.kind in "iu"
+            and yt.dtype.kind in "iu" and min(y.min(), yt.min()) >= 0):
+        raise ValueError(f"data.data_root: the MNIST-1D cache {str(path)!r} does not hold MNIST-1D arrays; "
+                         "allowed: a valid cache file, or none (delete it: it is generated again)")
+    return arrays
+
+
 def _mnist1d_arrays(cfg) -> dict:
     root = Path(cfg.data_root)
     path = root / f"mnist1d_n{cfg.num_samples}_s{cfg.data_seed}.npz"
-    if path.exists():
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"data.data_root: {cfg.data_root!r} is not a directory; allowed: a directory for the "
+                         "MNIST-1D cache (created if missing)")
+    if path.exists() or path.is_symlink():
+        return _read_mnist1d_cache(path)
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
@@ -110,8 +135,12 @@ def _mnist1d_arrays(cfg) -> dict:
     d = make_dataset(args)
     arrays = {"x": d["x"].astype(np.float32), "y": d["y"].astype(np.int64),
               "x_test": d["x_test"].astype(np.float32), "y_test": d["y_test"].astype(np.int64)}
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    except OSError as err:  # WriteError included: the cache is written before any run
+        raise ValueError(f"data.data_root: cannot write the MNIST-1D cache under {cfg.data_root!r} "
+                         f"({err.strerror or type(err).__name__}); allowed: a writable directory") from None
     return arrays
 
 
@@ -131,14 +160,17 @@ def _cifar_arrays(cfg) -> dict:
         def _load_meta(self):
             if cfg.verify_md5:
                 return super()._load_meta()
-            import pickle
-
             with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as fh:
                 self.classes = pickle.load(fh, encoding="latin1")[self.meta["key"]]
 
     try:
         train, test = Source(cfg.data_root, train=True, download=cfg.download), Source(cfg.data_root, train=False, download=False)
-    except RuntimeError:
+    except OSError as err:  # a failed download (offline: URLError) or an unreadable folder
+        reason = str(getattr(err, "reason", "") or err.strerror or type(err).__name__)[:80]
+        raise ValueError(f"data.data_root: {label} could not be read or downloaded into {cfg.data_root!r} ({reason}); "
+                         "allowed: a folder holding the extracted python batches, or data.download = true "
+                         "on a machine with network access") from None
+    except (RuntimeError, EOFError, KeyError, IndexError, ValueError, pickle.UnpicklingError):
         raise ValueError(f"data.data_root: {label} not found (or corrupted) under {cfg.data_root!r}; allowed: a folder "
                          f"holding the extracted python batches, or data.download = true") from None
     to_t = lambda a: np.ascontiguousarray(a.transpose(0, 3, 1, 2))

@@ -8,6 +8,8 @@ reuse it), the split sizes, the model's fit to the data, the device. Each failur
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 import torch
 
@@ -36,6 +38,9 @@ def _needs_validation(method) -> str:
 
 def preflight(spec: ExperimentSpec) -> None:
     """Raise SpecError unless every setting of ``spec`` can run on this machine with its data."""
+    for i, method in enumerate(spec.methods):
+        if method.search is not None:
+            _check_search(method.search, f"methods[{i}].search")
     for setting, sspec in settings(spec):
         where = _where(setting)
         if sspec.train.device == "cuda" and not torch.cuda.is_available():
@@ -66,3 +71,23 @@ def _check_model_fits(sspec: ExperimentSpec, data, where: str) -> None:
     if out.shape != (len(x), data.num_classes):
         raise SpecError(f"model.name: {sspec.model.name!r} gives outputs {tuple(out.shape[1:])} for "
                         f"{data.num_classes} classes of {sspec.data.dataset!r}{where}; allowed: a model for this dataset")
+
+
+def _check_search(search: dict, where: str) -> None:
+    """What a search needs from this machine: a local Ray that can hold one trial, an Optuna file storage
+    whose folder can be written. (A remote Ray cluster is checked by the engine when it connects.)"""
+    if search["engine"] == "ray" and search["address"] in ("", "local"):
+        for name, need, have, what in (("gpus_per_trial", search["gpus_per_trial"], torch.cuda.device_count(), "GPU(s)"),
+                                       ("cpus_per_trial", search["cpus_per_trial"], os.cpu_count() or 1, "CPU(s)")):
+            if need > have:
+                raise SpecError(f"{where}.{name}: {need:g}, but the local Ray has {have} {what}, so a trial would wait "
+                                f"forever; allowed: at most {have}")
+    url = search["storage"]
+    if search["engine"] == "optuna" and url.startswith(("journal:", "sqlite:")):
+        path = Path(url[len("journal://"):] if url.startswith("journal:") else url.split(":///", 1)[1])
+        folder = path.parent if url.startswith("journal:") else path.parent.absolute()
+        while not folder.exists() and folder != folder.parent and url.startswith("journal:"):
+            folder = folder.parent  # a journal's folders are created; an SQLite file's folder must exist
+        if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise SpecError(f"{where}.storage: {url!r} cannot be created (its folder {str(folder)!r} is missing or not "
+                            "writable); allowed: a file in a writable folder")

@@ -1,6 +1,7 @@
 """CLI end to end on a tiny spec, resume-by-skip, metadata, and the bad-input table (exit 2, one line, nothing written)."""
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import pandas as pd
 import pytest
 
 from hpo_bench.cli import main
+from hpo_bench.config import load_spec
+from hpo_bench.store import run_dir_for
 from tests.conftest import ROOT
 
 TINY = ROOT / "experiments" / "tiny.toml"
@@ -128,6 +131,40 @@ BAD = [
     ("device-cuda-without-gpu", None, {}, ["--device", "cuda"], "train.device"),
     ("bad-device-flag", None, {}, ["--device", "tpu"], "--device"),
     ("out-is-a-file", None, {}, ["--out", "@FILE@/sub"], "--out"),
+    # data folders: a file, a corrupt MNIST-1D cache, CIFAR requested offline with an empty folder
+    ("data-root-is-a-file", None, {"num_samples = 500": 'num_samples = 500\ndata_root = "@FILE@"'}, [], "data.data_root"),
+    ("data-root-under-a-file", None, {"num_samples = 500": 'num_samples = 500\ndata_root = "@FILE@/sub"'}, [],
+     "data.data_root"),
+    ("corrupt-mnist1d-cache", None, {"num_samples = 500": 'num_samples = 500\ndata_root = "@CORRUPT@"'}, [],
+     "data.data_root"),
+    ("cifar-offline-empty-root", None, {'dataset = "mnist1d"': 'dataset = "cifar10"\ndata_root = "@EMPTY@"',
+                                        'name = "mnist1d_mlp"': 'name = "linear"'}, [], "data.data_root"),
+    ("empty-data-root", None, {"num_samples = 500": 'num_samples = 500\ndata_root = ""'}, [], "data.data_root"),
+    ("vary-data-root-is-a-file", None, {"seeds = [0]": 'seeds = [0]\nvary = { "data.data_root" = [".cache/data", "@FILE@"] }'},
+     [], "data.data_root"),
+    # values only a vary product or an override produces
+    ("vary-model-does-not-fit", None, {"seeds = [0]": 'seeds = [0]\nvary = { "model.name" = ["mnist1d_mlp", "resnet18"] }'},
+     [], "model.name"),
+    ("vary-float-for-integer", None, {"seeds = [0]": 'seeds = [0]\nvary = { "train.epochs" = [1, 1.5] }'}, [],
+     "vary.train.epochs[1]"),
+    ("set-empty-validation-split-with-grid", _m('[[methods]]\nlabel="G"\nstrategy="sam"\n[methods.search]\ngrid=[0.1]'),
+     {}, ["--set", "data.val_fraction=0"], "data.val_fraction"),
+    ("set-non-ascii-index", None, {}, ["--set", "methods.\u00b2.rho=1"], "--set methods"),
+    ("set-into-a-scalar", None, {}, ["--set", "train.epochs.x=1"], "--set train.epochs"),
+    # values that used to pass, or to fail only after metadata.json was written
+    ("key-with-a-newline", None, {"seeds = [0]": 'seeds = [0]\n"a\\nb" = 1'}, [], "unknown key"),
+    ("integer-too-long-to-read", None, {"epochs = 2": "epochs = 1" + "0" * 5000}, [], "spec:"),
+    ("hex-integer-beyond-int-max", None, {"epochs = 2": "epochs = 0x" + "f" * 5000}, [], "train.epochs"),
+    ("tpe-with-a-grid", _m('[[methods]]\nlabel="G"\nstrategy="sam"\n[methods.search]\nkind="tpe"\nengine="optuna"\ngrid=5'),
+     {}, [], "search.grid"),
+    ("ray-address-not-host-port", _m('[[methods]]\nlabel="G"\nstrategy="sam"\n[methods.search]\nengine="ray"\ngrid=[0.1]\n'
+                                     'address="!!bogus"'), {}, [], "search.address"),
+    ("threads-beyond-limit", None, {"epochs = 2": "epochs = 2\nthreads = 2147483647"}, [], "train.threads"),
+    ("label-with-a-newline", None, {'label = "ERM"': 'label = "E\\nRM"'}, [], "methods[0].label"),
+    ("jobs-zero", None, {}, ["--jobs", "0"], "--jobs"),
+    ("jobs-beyond-limit", None, {}, ["--jobs", "100000"], "--jobs"),
+    ("empty-out", None, {}, ["--out", ""], "--out"),
+    ("out-run-dir-is-a-file", None, {}, ["--out", "@RUNDIR_FILE@"], "--out"),
 ]
 
 
@@ -139,11 +176,22 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys)
 
         if torch.cuda.is_available():
             pytest.skip("a GPU is present")
-    spec = _spec(tmp_path, text, **repl)
-    out = tmp_path / "out"
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    extra = [e.replace("@FILE@", str(blocker)) for e in extra]
+    corrupt, empty = tmp_path / "corrupt", tmp_path / "empty"
+    corrupt.mkdir()
+    empty.mkdir()
+    (corrupt / "mnist1d_n500_s42.npz").write_bytes(b"not an npz archive")
+    places = {"@FILE@": str(blocker), "@CORRUPT@": str(corrupt), "@EMPTY@": str(empty)}
+    repl = {old: functools.reduce(lambda t, kv: t.replace(*kv), places.items(), new) for old, new in repl.items()}
+    spec = _spec(tmp_path, text, **repl)
+    out = tmp_path / "out"
+    if "@RUNDIR_FILE@" in extra:  # the spec's run directory exists as a file under an existing --out
+        occupied = tmp_path / "occupied"
+        occupied.mkdir()
+        run_dir_for(load_spec(spec), occupied).write_text("x")
+        places["@RUNDIR_FILE@"] = str(occupied)
+    extra = [functools.reduce(lambda t, kv: t.replace(*kv), places.items(), e) for e in extra]
     if "--out" not in extra:
         extra = extra + ["--out", str(out)]
     code, stdout, stderr = run_cli(["run", spec, "--no-progress", *extra], capsys)
@@ -152,6 +200,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys)
     assert len(lines) == 1, stderr
     assert lines[0].startswith("hpo-bench: error: ") and needle in lines[0], lines[0]
     assert not out.exists()
+    if "@RUNDIR_FILE@" in places:  # the existing --out is left as it was
+        assert [p.read_text() for p in (tmp_path / "occupied").iterdir()] == ["x"]
 
 
 def test_missing_spec_file_and_wrong_suffix(tmp_path, capsys):

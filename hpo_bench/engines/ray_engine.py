@@ -47,6 +47,13 @@ Ray itself
     If Ray is not initialized, ``ray.init(address=search.address or None, num_cpus=os.cpu_count()
     when local, include_dashboard=False, log_to_driver=False)`` is called once and shut down at
     interpreter exit; a Ray instance started by someone else is never shut down. Never local_mode.
+    Nothing waits forever: a ``HOST:PORT`` address must accept a TCP connection within
+    ``CONNECT_TIMEOUT_S`` before ``ray.init`` is called, and before any ``fit()`` the largest
+    alive node must hold ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs (a trial that fits no
+    node would stay pending); otherwise a one-line :class:`~hpo_bench.errors.SpecError` names the
+    field. (An autoscaling cluster whose nodes are not up yet is refused too.) A trial that failed
+    with a :class:`~hpo_bench.errors.WriteError` (disk full, ...) makes the search raise it after
+    ``fit()``, one line naming the file, instead of reporting the trial as missing.
     Worker processes import ``hpo_bench``/``searchers`` from the same (editable) environment; each
     trial chdirs to the driver's working directory (when it exists on that node) so relative
     ``data.data_root`` paths resolve as in the driver, and sets ``torch.set_num_threads(cpus)``.
@@ -55,6 +62,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,6 +80,7 @@ from hpo_bench.engines.common import (
     tpe_name,
     trial_template,
 )
+from hpo_bench.errors import SpecError, WriteError
 from hpo_bench.execute import execute_trial, result_curves, result_row, trial_trainer
 from hpo_bench.store import ResultsStore
 from hpo_bench.trainer import RunResult, resolve_device
@@ -81,13 +90,48 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 _STARTED_RAY = False
+CONNECT_TIMEOUT_S = 5.0
+_ADDRESS_ALLOWED = ("allowed: '' (start a local Ray), 'auto' (the cluster `ray start` runs on this machine) "
+                    "or HOST:PORT of a running Ray head node")
+
+
+def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise a one-line SpecError naming ``search.address`` unless ``HOST:PORT`` accepts a TCP connection
+    within ``timeout`` seconds ('' and 'auto' are not network addresses: nothing to check)."""
+    if address in ("", "auto", "local"):
+        return
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise SpecError(f"search.address: {address!r} is not HOST:PORT; {_ADDRESS_ALLOWED}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        reason = err.strerror or str(err) or type(err).__name__
+        raise SpecError(f"search.address: no Ray head answers at {address!r} within {timeout:g} s ({reason}); "
+                        f"{_ADDRESS_ALLOWED}") from None
+
+
+def check_resources(cpus: float, gpus: float) -> None:
+    """Raise a one-line SpecError naming the field when no alive node of the Ray cluster can hold one trial."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for field, key, need in (("cpus_per_trial", "CPU", cpus), ("gpus_per_trial", "GPU", gpus)):
+        most = max((float(r.get(key, 0.0)) for r in nodes), default=0.0)
+        if need > most:
+            raise SpecError(f"search.{field}: {need:g}, but the largest node of the Ray cluster has {most:g} {key}(s), "
+                            f"so a trial would wait forever; allowed: at most {most:g}")
 
 
 def ensure_ray(address: str = "") -> None:
-    """Connect to (``address``) or start a local Ray once per process (never local_mode)."""
+    """Connect to (``address``) or start a local Ray once per process (never local_mode).
+
+    An unreachable ``HOST:PORT`` is a one-line SpecError within :data:`CONNECT_TIMEOUT_S` seconds.
+    """
     global _STARTED_RAY
     import ray
 
+    check_address(address)
     if ray.is_initialized():
         return
     address = address or None
@@ -95,8 +139,15 @@ def ensure_ray(address: str = "") -> None:
     # we start runs them at the driver's priority (as the local/optuna engines do).
     os.environ.setdefault("RAY_worker_niceness", "0")
     env = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}
-    ray.init(address=address, num_cpus=None if address else os.cpu_count(), include_dashboard=False,
-             log_to_driver=False, runtime_env={"env_vars": env})
+    try:
+        ray.init(address=address, num_cpus=None if address else os.cpu_count(), include_dashboard=False,
+                 log_to_driver=False, runtime_env={"env_vars": env})
+    except ConnectionError as err:  # e.g. 'auto' with no cluster running on this machine
+        if not address:
+            raise
+        raise SpecError(f"search.address: cannot join a Ray cluster at {address!r} "
+                        f"({str(err).strip().splitlines()[0][:120] if str(err).strip() else 'connection failed'}); "
+                        f"{_ADDRESS_ALLOWED}") from None
     if not _STARTED_RAY:
         _STARTED_RAY = True
         atexit.register(_shutdown_own_ray)
@@ -155,6 +206,16 @@ def ray_scope():
     finally:
         if not was_running:
             _shutdown_own_ray()
+
+
+def raise_write_error(grid) -> None:
+    """Raise the first :class:`~hpo_bench.errors.WriteError` (disk full, ...) a trial of ``grid`` failed with."""
+    for i in range(len(grid)):
+        err, seen = grid[i].error, 0
+        while err is not None and seen < 8:
+            if isinstance(err, WriteError) and err.filename:  # Ray's RayTaskError(WriteError) wraps it as .cause
+                raise WriteError(err.errno, err.strerror, err.filename) from None
+            err, seen = getattr(err, "cause", None) or err.__cause__, seen + 1
 
 
 # ----------------------------------------------------------------------------- trainables
@@ -288,6 +349,7 @@ class RayEngine(Engine):
         pending = [rid for rid in by_id if not store.has(rid)]
         if pending:
             ensure_ray(self.cfg.address)
+            check_resources(self.cfg.cpus_per_trial, self.cfg.gpus_per_trial)
             store_root = str(Path(store.root).resolve())
             trainable = tune.with_resources(
                 make_grid_trainable({rid: by_id[rid].to_dict() for rid in by_id}, store_root, self.device,
@@ -301,6 +363,7 @@ class RayEngine(Engine):
                                    tune_config=self._tune_config(trials, asha), run_config=self._run_config(name))
             with tune_env(buffered=asha is None):
                 grid = tuner.fit()
+            raise_write_error(grid)
             self._record_stopped(grid, by_id, store)
         store.consolidate()
         missing = [rid for rid in by_id if not store.has(rid)]
@@ -359,6 +422,7 @@ class RayEngine(Engine):
         name = tpe_name(template, space, space.n_trials)
         path = self.ray_dir / name
         ensure_ray(self.cfg.address)
+        check_resources(self.cfg.cpus_per_trial, self.cfg.gpus_per_trial)
         store_root = str(Path(store.root).resolve())
         trainable = tune.with_resources(make_tpe_trainable(template, list(space.seeds), store_root, self.device,
                                                            os.getcwd(), self._threads()), self._resources())
@@ -373,6 +437,7 @@ class RayEngine(Engine):
                 reuse_actors=True), run_config=self._run_config(name))
         with tune_env(buffered=False):
             grid = tuner.fit()
+        raise_write_error(grid)
         store.consolidate()
         rhos = [rho for rho in ((grid[i].config or {}).get("rho") for i in range(len(grid))) if rho is not None]
         rows, missing = collect_rows(store, template, rhos, space.seeds)
