@@ -37,7 +37,8 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _init_worker() -> None:
+def init_worker() -> None:
+    """Set up a worker process: SIGINT ignored (the driver stops it), SIGKILL when its parent dies, one thread."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -93,7 +94,7 @@ class TrialPool:
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_init_worker)
+                                                 initializer=init_worker)
         return self._executor
 
     def run(self, trials: list[Trial], store: ResultsStore, progress=None) -> list[dict]:

@@ -80,7 +80,7 @@ from hpo_bench.engines.common import (
     trial_template,
 )
 from hpo_bench.errors import WriteError
-from hpo_bench.pool import TrialPool, run_with_progress
+from hpo_bench.pool import TrialPool, init_worker, run_with_progress
 from hpo_bench.store import ResultsStore, notice, write_error
 from hpo_bench.trial import Trial
 
@@ -219,6 +219,7 @@ def _worker_loop(job: dict, tokens, progress=None) -> None:
 
 
 def _spawn_worker(job: dict, tokens, errors) -> None:  # entry point of a spawned worker process
+    init_worker()  # Ctrl-C is the driver's to handle; die with the driver
     try:
         _worker_loop(job, tokens)
     except WriteError as err:  # handed to the driver, which raises it
