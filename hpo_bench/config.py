@@ -110,7 +110,7 @@ class SearchConfig:
     address: str = spec_field("", doc="Ray cluster address ('' = start a local Ray, 'auto' = join)")
     asha_grace: int = spec_field(1, lo=1, doc="ASHA grace period in epochs")
     asha_reduction: float = spec_field(2.0, lo=1.0, lo_open=True)
-    batched: bool = spec_field(False, doc="train every grid point of a seed in one vectorized pass")
+    batched: bool = spec_field(False, doc="train the grid's points and seeds as populations in one vectorized pass (erm, sam, asam, samar, lets)")
 
 
 SCHEDULING_FIELDS = ("workers", "cpus_per_trial", "gpus_per_trial", "address", "storage")

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from hpo_bench.registry import Registry
 
@@ -174,6 +174,31 @@ class MNIST1DCNN(nn.Module):
 def mnist1d_cnn(num_classes, input_shape):
     """MNIST-1D reference CNN (3 conv1d layers; reference ~94% test accuracy)."""
     return MNIST1DCNN(num_classes, length=input_shape[-1])
+
+
+class MNIST1DCNNBN(MNIST1DCNN):
+    """:class:`MNIST1DCNN` with BatchNorm after each convolution: h ← ReLU(BN(conv(h))).
+
+    BN normalizes each of the 25 channels over batch × length (``nn.BatchNorm1d`` on the (B·L, C)
+    rows of the length-major layout, which equals ``nn.BatchNorm1d`` on (B, C, L)).
+    """
+
+    def __init__(self, num_classes: int, length: int = 40, channels: int = 25):
+        super().__init__(num_classes, length, channels)
+        self.bn = nn.ModuleDict({layer: nn.BatchNorm1d(channels) for layer in CNN_CONVS})
+
+    def forward(self, x):
+        def conv(layer, h):
+            h = getattr(self, layer)(h)
+            return self.bn[layer](h.reshape(-1, h.shape[-1])).view_as(h)
+
+        return _cnn_forward(x, conv, self.linear)
+
+
+@register_model("mnist1d_cnn_bn")
+def mnist1d_cnn_bn(num_classes, input_shape):
+    """MNIST-1D CNN with BatchNorm after each conv1d (a small BN model for population training)."""
+    return MNIST1DCNNBN(num_classes, length=input_shape[-1])
 
 
 # ----------------------------------------------------------------------------- CIFAR ResNet-18

@@ -8,7 +8,7 @@ Layers, bottom to top (a module may import its own layer or lower ones; cycles a
 2. config (the spec, validated against the registries)
 3. trainer, hypergrad
 4. strategies in searchers/ (plugins found through an entry point), execute
-5. population/batched, pool, preflight
+5. population, pool, preflight
 6. engines
 7. search (search kinds' registry), searchers.searches (the kinds themselves)
 8. experiment, fidelity, report, summary; the ``searchers`` package itself (the plugin entry point)
@@ -35,7 +35,7 @@ LAYERS = {
     2: ["config"],
     3: ["trainer", "hypergrad"],
     4: ["execute", "searchers"],
-    5: ["population", "batched", "pool", "preflight"],
+    5: ["population", "pool", "preflight"],
     6: ["engines"],
     7: ["search", "searchers.searches"],
     8: ["experiment", "fidelity", "report", "summary", "searchers.__init__"],

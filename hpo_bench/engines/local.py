@@ -1,11 +1,11 @@
 """The plain sequential engine (debugging, and the reference the other engines must match).
 
 With ``search.batched = true`` the grid points of each seed are trained together in one
-vectorized pass (:mod:`hpo_bench.batched`).
+vectorized pass (:mod:`hpo_bench.population`: points and seeds as populations).
 """
 from __future__ import annotations
 
-from hpo_bench.batched import run_batched
+from hpo_bench.population import run_batched
 from hpo_bench.engines.base import Engine
 
 
