@@ -26,8 +26,8 @@ Parity (tests/test_population.py; benchmarks/RESULTS.md "Population training"): 
 member's metrics, status, ledger counts and curves equal its separate run to ≤ 1e-10 (measured
 ≤ 2e-15). In float32 batched matmuls and BN sums over P·C channels round a few last bits unlike
 the single-model kernels: measured ≤ 4e-7 in the final losses after 2–8 epochs (mnist1d_cnn,
-mnist1d_mlp, tiny_bn); training the BN CNN amplifies such bits to ~1e-3 after 4–8 epochs at lr 0.1,
-as much as its own separate runs differ between 1 and 2 threads.
+mnist1d_mlp, tiny_bn; ≤ 1.2e-6 with LETS); training the BN CNN amplifies such bits to ~1e-3 after
+4–8 epochs at lr 0.1, as much as its own separate runs differ between 1 and 2 threads.
 
 A member whose training loss turns non-finite, or whose strategy raises ``Diverged``, is recorded
 ``diverged`` at that step and leaves the population; the others go on. ``max_wall_s`` applies to a
