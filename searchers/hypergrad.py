@@ -29,10 +29,10 @@ from hpo_bench.config import spec_field
 from hpo_bench.hypergrad import IMPLS, capture_state
 from hpo_bench.perturbation import asam_direction, asam_scale, sam_direction
 from hpo_bench.sgd import SGDConfig
-from hpo_bench.strategy import Reduction, Strategy, register_strategy
+from hpo_bench.strategy import Reduction, register_strategy
 from hpo_bench.trainer import lr_at
 from hpo_bench.upper import PROTOCOL_SOURCE
-from searchers.lets import RhoLearner, RhoLearnerParams
+from searchers.lets import RhoLearner, RhoLearnerParams, RhoLearningStrategy
 
 
 @dataclass
@@ -43,13 +43,9 @@ class HypergradParams(RhoLearnerParams):
                            doc="exact unroll through higher | torch.func | recompute (graph memory flat in K, 6K+2 evals)")
 
 
-class _Hypergrad(Strategy):
+class _Hypergrad(RhoLearningStrategy):
     kind: str = "sam"
     Params = HypergradParams
-
-    @classmethod
-    def uses_validation_split(cls, params) -> bool:
-        return PROTOCOL_SOURCE[params.protocol] == "val"
 
     def setup(self, trainer):
         self.trainer = trainer

@@ -135,15 +135,19 @@ class LETSParams(RhoLearnerParams):
     reuse_next_grad: bool = spec_field(False, doc="3-pass variant: the next step's first gradient is the train side")
 
 
-class _LETS(Strategy):
-    """LETS-SAM / LETS-ASAM (Algorithm 1; see the module docstring for every choice)."""
-
-    kind: str = "sam"
-    Params = LETSParams
+class RhoLearningStrategy(Strategy):
+    """A strategy that learns ρ from validation batches drawn per ``params.protocol`` (LETS, hypergradient)."""
 
     @classmethod
     def uses_validation_split(cls, params) -> bool:
         return PROTOCOL_SOURCE[params.protocol] == "val"
+
+
+class _LETS(RhoLearningStrategy):
+    """LETS-SAM / LETS-ASAM (Algorithm 1; see the module docstring for every choice)."""
+
+    kind: str = "sam"
+    Params = LETSParams
 
     def setup(self, trainer):
         self.learner = RhoLearner(self.rho0, self.params, self.name)
@@ -219,4 +223,4 @@ class LETSASAM(_LETS):
     kind = "asam"
 
 
-__all__ = ["LETSParams", "RhoLearner", "RhoLearnerParams"]
+__all__ = ["LETSParams", "RhoLearner", "RhoLearnerParams", "RhoLearningStrategy"]

@@ -1,12 +1,13 @@
-"""The plain sequential engine (debugging, and the reference the other engines must match).
+"""The local engine: the experiment's :class:`~hpo_bench.pool.TrialPool` runs the trials
+(one after another with ``--jobs 1``: the reference the other engines must match).
 
-With ``search.batched = true`` the grid points of each seed are trained together in one
-vectorized pass (:mod:`hpo_bench.population`: points and seeds as populations).
+With ``search.batched = true`` the grid's points and seeds are trained as populations in one
+vectorized pass (:mod:`hpo_bench.population`).
 """
 from __future__ import annotations
 
-from hpo_bench.population import run_batched
 from hpo_bench.engines.base import Engine
+from hpo_bench.population import run_batched
 
 
 class LocalEngine(Engine):
