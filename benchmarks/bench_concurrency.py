@@ -9,11 +9,14 @@ workers' CPU seconds over its wall time) and the largest metric difference betwe
 concurrency never changes what a run computes). The worker start-up (processes importing torch,
 loading the data) is inside the timed part. Other load on the machine skews both numbers: the load
 average is printed.
-Usage: ``python benchmarks/bench_concurrency.py [--epochs 15] [--rounds 3] [--jobs 2]``.
+Each method's seeds run as separate runs (``batched = false``), so that the ratio measures concurrency
+alone; ``--population`` keeps the default populations in both arms instead (fewer, larger units).
+Usage: ``python benchmarks/bench_concurrency.py [--epochs 15] [--rounds 3] [--jobs 2] [--population]``.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import resource
 import statistics
@@ -31,9 +34,10 @@ METRICS = ["best_val_acc", "test_acc", "last_train_loss", "last_val_loss", "last
 SPEC = os.path.join(os.path.dirname(__file__), "..", "experiments", "quick.toml")
 
 
-def local_spec(epochs: int):
+def local_spec(epochs: int, population: bool = False):
     spec = load_spec(SPEC, [f"train.epochs={epochs}"])
-    spec.methods = [m for m in spec.methods if m.search is None and not m.rho_from]
+    spec.methods = [dataclasses.replace(m, batched=population) for m in spec.methods
+                    if m.search is None and not m.rho_from]
     return spec
 
 
@@ -54,8 +58,9 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--population", action="store_true", help="train each method's seeds as one population")
     args = ap.parse_args(argv)
-    spec = local_spec(args.epochs)
+    spec = local_spec(args.epochs, args.population)
     print(f"{len(spec.methods)} plain methods x {len(spec.seeds)} seeds, {args.epochs} epochs; "
           f"jobs 1 vs {args.jobs}; cores {os.cpu_count()}; load average {os.getloadavg()[0]:.2f}", flush=True)
     ratios, diffs = [], []

@@ -1,4 +1,4 @@
-"""Command line: ``hpo-bench run|list|report|fidelity``.
+"""Command line: ``hpo-bench run|worker|list|report|fidelity``.
 
 Every input error (spec, flag, override, data path, output directory) prints one line
 ``hpo-bench: error: <field>: <problem>; allowed: <values>`` and exits with status 2 before
@@ -6,9 +6,10 @@ anything is written.
 
 This module declares the whole command-line surface itself, and each subcommand names its handler
 as a ``"module:function"`` string that is imported only when that subcommand runs. That is
-deliberate: torch loads only for the commands that train (``run``, ``list``, ``fidelity``), so
-``hpo-bench report`` and ``--help`` never import it. Keep the top-level imports of this module to
-the standard library and :mod:`hpo_bench.errors`.
+deliberate: torch loads only for the commands that train (``run``, ``worker``, ``list``,
+``fidelity``), so ``hpo-bench report`` and ``--help`` never import it. Keep the top-level imports of
+this module to the standard library, :mod:`hpo_bench.errors` and :mod:`hpo_bench.storage_url` (whose
+:func:`~hpo_bench.storage_url.redact` hides passwords in every error line).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import importlib
 import sys
 
 from hpo_bench.errors import SpecError, WriteError
+from hpo_bench.storage_url import redact
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
@@ -45,6 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="runs trained at once in worker processes, one thread each (default: the number of cores); "
                           "also the default concurrency of Optuna and Ray Tune searches (search.workers = 0)")
     run.set_defaults(handler="hpo_bench.commands:cmd_run")
+
+    wrk = sub.add_parser("worker", help="join the Optuna grid/sweep searches of a spec that `hpo-bench run` drives "
+                                        "(here or on another machine); writes rows, no report")
+    wrk.add_argument("spec", help="the same TOML spec (and --set overrides) as the driver's `hpo-bench run`")
+    wrk.add_argument("--out", default="runs", help="the driver's output root, on a filesystem both reach (default: runs/)")
+    wrk.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides train.device")
+    wrk.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted override, e.g. train.epochs=5")
+    wrk.add_argument("--no-progress", action="store_true", help="no progress bar")
+    wrk.add_argument("--jobs", type=int, default=None, metavar="N",
+                     help="worker processes (default: the number of cores); the searches' search.workers = 0 means N")
+    wrk.set_defaults(handler="hpo_bench.commands:cmd_worker")
 
     lst = sub.add_parser("list", help="list models, strategies, engines and experiments")
     lst.set_defaults(handler="hpo_bench.commands:cmd_list")
@@ -92,16 +105,37 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         _check_out_flag(args)
         return _handler(args.handler)(args)
-    except (SpecError, WriteError) as err:  # WriteError: a results file could not be written (disk full, ...)
-        print(f"hpo-bench: error: {one_line(str(err))}", file=sys.stderr)
-        return EXIT_USAGE
-    except ValueError as err:  # data/model errors carry the field name first
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"hpo-bench: error: {one_line(msg)}", file=sys.stderr)
-        return EXIT_USAGE
+    except Exception as err:
+        if not _interrupted(err):
+            return _error(err)
     except KeyboardInterrupt:  # workers are stopped by their pools; finished runs are kept
-        print("\nhpo-bench: interrupted; re-run the same command to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        pass
+    print("\nhpo-bench: interrupted; re-run the same command to resume", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _interrupted(err: BaseException) -> bool:
+    """True if ``err`` was raised while handling a Ctrl-C (a library's clean-up failing half-way, e.g. a
+    lock file already gone): it is still an interruption, reported as one."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__context__
+    return False
+
+
+def _error(err: Exception) -> int:
+    """One line and exit 2 for the errors a user can act on; anything else is raised again, traceback and all."""
+    if isinstance(err, (SpecError, WriteError)):  # WriteError: a results file could not be written (disk full, ...)
+        msg = str(err)
+    elif isinstance(err, ValueError):  # data/model errors carry the field name first
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+    else:
+        raise err
+    print(f"hpo-bench: error: {one_line(redact(msg))}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

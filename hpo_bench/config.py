@@ -21,8 +21,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-import math
-import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -35,18 +33,21 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from hpo_bench.errors import SpecError
+from hpo_bench.fields import (  # noqa: F401 - spec_field, check_value and build_dataclass are used through config too
+    INT_MAX,
+    NAME_PATTERN,
+    _key,
+    _short,
+    build_dataclass,
+    check_value,
+    spec_field,
+)
 from hpo_bench.identity import stable_hash
+from hpo_bench.loggers import validate_loggers
 from hpo_bench.models import list_models
 from hpo_bench.storage_url import validate_storage_url
 from hpo_bench.strategy import get_strategy_class, list_strategies
-
-
-def spec_field(default, *, choices=None, lo=None, hi=None, lo_open=False, hi_open=False, doc="", text=None):
-    """A dataclass field with validation metadata (choices, closed/open bounds, ``text``: 'path' or 'line')."""
-    meta = dict(choices=choices, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, doc=doc, text=text)
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)
-    return field(default=default, metadata=meta)
+from hpo_bench.trial import KEEPING_TRAIN_FIELDS
 
 
 MAX_SAMPLES = 1_000_000  # MNIST-1D is generated in memory at preflight: 10**6 samples is ~160 MB
@@ -55,16 +56,16 @@ MAX_WORKERS = 1024  # threads, processes or concurrent trials: more would exhaus
 
 @dataclass
 class DataConfig:
-    dataset: str = spec_field("mnist1d", choices=["mnist1d", "cifar10", "cifar100"])
-    data_root: str = spec_field(".cache/data", text="path", doc="directory of the MNIST-1D cache / CIFAR batches")
-    num_samples: int = spec_field(5000, lo=100, hi=MAX_SAMPLES, doc="MNIST-1D samples in total (80% train, 20% test)")
-    data_seed: int = spec_field(42, lo=0, doc="MNIST-1D generation seed")
+    dataset: str = spec_field("mnist1d", choices=["mnist1d", "cifar10", "cifar100", "fashion-mnist"])
+    data_root: str = spec_field(".cache/data", text="path", doc="directory of the MNIST-1D cache / CIFAR batches / Fashion-MNIST idx files (left at this default, Fashion-MNIST is read from /usr/share/datasets/fashion-mnist: apt-get install dataset-fashion-mnist)")
+    num_samples: int = spec_field(5000, lo=100, hi=MAX_SAMPLES, doc="MNIST-1D samples in total (80% train, 20% test); Fashion-MNIST: training images drawn with data_seed from the 60000 (60000 = all) before the validation split, the test set is always all 10000; ignored for CIFAR")
+    data_seed: int = spec_field(42, lo=0, doc="MNIST-1D generation seed; Fashion-MNIST subset seed")
     val_fraction: float = spec_field(0.1, lo=0.0, hi=1.0, hi_open=True)
     split_seed: int = spec_field(0, lo=0)
     label_noise: float = spec_field(0.0, lo=0.0, hi=1.0, hi_open=True)
     noise_seed: int = spec_field(0, lo=0)
     download: bool = spec_field(False)
-    augment: bool = spec_field(True, doc="CIFAR random crop + flip (ignored for MNIST-1D)")
+    augment: bool = spec_field(True, doc="random crop (zero padding: CIFAR 4 px, Fashion-MNIST 2 px) + horizontal flip (ignored for MNIST-1D)")
     verify_md5: bool = spec_field(True, doc="torchvision's CIFAR MD5 check")
 
 
@@ -91,12 +92,15 @@ class TrainConfig:
     threads: int = spec_field(0, lo=0, hi=MAX_WORKERS, doc="torch CPU threads for a run (0 = leave as is)")
     max_wall_s: float = spec_field(0.0, lo=0.0, doc="per-run wall-time budget in s (0 = none) -> status 'timeout'")
     max_mem_mb: float = spec_field(0.0, lo=0.0, doc="per-run memory budget in MiB (0 = none): CUDA allocation on GPU, process RSS on CPU -> status 'oom'")
+    checkpoint_every: int = spec_field(0, lo=0, doc="write the run's full state every N epochs (0 = never): a killed run resumes from it, same bits (not in the run id)")
+    keep_checkpoints: bool = spec_field(False, doc="keep checkpoints/<run_id>.pt (the final state) after the run finishes (not in the run id)")
 
 
 @dataclass
 class SearchConfig:
-    kind: str = spec_field("grid", choices=["grid", "tpe", "asha", "sweep"],
-                           doc="sweep: run the method's rho value(s) x seeds through the engine, no selection")
+    kind: str = spec_field("grid", choices=["grid", "tpe", "asha", "sweep", "pbt", "pb2"],
+                           doc="sweep: run the method's rho value(s) x seeds through the engine, no selection; "
+                               "pbt/pb2: a population of rho schedules (ray)")
     engine: str = spec_field("local", choices=["local", "optuna", "ray"])
     grid: list = spec_field([], doc="rho values for kind='grid' / 'asha'")
     rho_min: float = spec_field(1e-3, lo=0.0, lo_open=True, doc="TPE log-uniform lower bound")
@@ -110,10 +114,17 @@ class SearchConfig:
     address: str = spec_field("", doc="Ray cluster address ('' = start a local Ray, 'auto' = join)")
     asha_grace: int = spec_field(1, lo=1, doc="ASHA grace period in epochs")
     asha_reduction: float = spec_field(2.0, lo=1.0, lo_open=True)
+    perturbation_interval: int = spec_field(1, lo=1, doc="PBT/PB2: epochs between exploit/explore steps")
+    quantile_fraction: float = spec_field(0.25, lo=0.0, hi=0.5, lo_open=True, doc="PBT: bottom fraction that clones the top")
+    resample_probability: float = spec_field(0.25, lo=0.0, hi=1.0, doc="PBT: chance an explore step redraws rho")
     batched: bool = spec_field(False, doc="train the grid's points and seeds as populations in one vectorized pass (erm, sam, asam, samar, lets)")
+    selection_seeds: list = spec_field([], doc="seeds rho* is selected on; [] = 1000 + each spec seed. The spec's seeds "
+                                              "then train the evaluation runs at rho* (disjoint: nested selection)")
+    loggers: list = spec_field([], doc="trackers/callbacks of the search (bookkeeping only): ray: tensorboard, mlflow, "
+                                       "wandb, 'module:Class'; optuna: mlflow, 'module:function' (hpo_bench.loggers)")
 
 
-SCHEDULING_FIELDS = ("workers", "cpus_per_trial", "gpus_per_trial", "address", "storage")
+SCHEDULING_FIELDS = ("workers", "cpus_per_trial", "gpus_per_trial", "address", "storage", "loggers")
 
 
 @dataclass
@@ -124,6 +135,8 @@ class MethodConfig:
     params: dict = spec_field({})
     search: dict | None = spec_field(None)
     rho_from: str = spec_field("", text="line", doc="label of an earlier search method: run at its selected rho* (per setting)")
+    batched: bool = spec_field(True, doc="without a search: train the method's rho values x seeds as one population "
+                                         "(one vectorized pass) when its strategy and model allow; false: one run each")
 
 
 @dataclass
@@ -144,11 +157,12 @@ class ExperimentSpec:
     def digest(self) -> str:
         """Short content hash of what the spec computes; names the output directory.
 
-        How trials are scheduled and where an engine keeps its own bookkeeping
-        (:data:`SCHEDULING_FIELDS` of a search) do not enter it: changing them finds the same
-        results and retrains nothing.
+        How trials are scheduled, where an engine keeps its own bookkeeping (:data:`SCHEDULING_FIELDS`
+        of a search) and how often a run checkpoints itself (``KEEPING_TRAIN_FIELDS``) do not enter
+        it: changing them finds the same results and retrains nothing.
         """
         ident = self.to_dict()
+        ident["train"] = {k: v for k, v in ident["train"].items() if k not in KEEPING_TRAIN_FIELDS}
         for method in ident["methods"]:
             if method.get("search"):
                 method["search"] = {k: v for k, v in method["search"].items() if k not in SCHEDULING_FIELDS}
@@ -158,102 +172,6 @@ class ExperimentSpec:
 # ----------------------------------------------------------------------------- validation
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-INT_MAX = 2**31 - 1  # every integer field (seeds, epochs, sizes) fits a C int: numpy, torch and Ray accept it
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
-
-
-def _short(value) -> str:
-    """``repr(value)`` cut to 40 characters (an int too long to print is described by its size)."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int beyond sys.get_int_max_str_digits() (e.g. TOML hex literals)
-        return f"an integer of {value.bit_length()} bits"
-    except RecursionError:
-        return f"a {type(value).__name__} nested too deeply"
-    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} chars)"
-
-
-def _key(key) -> str:
-    """A key as it can appear in a one-line message: as written when printable and short, else repr'd."""
-    return key if isinstance(key, str) and key.isprintable() and len(key) <= 40 else _short(key)
-
-
-def _check_text(path: str, value: str, kind: str | None) -> None:
-    """``kind`` 'path': a non-empty file-system path; 'line': one line of printable text (at most 100)."""
-    if kind == "path" and (not value or "\0" in value):
-        raise SpecError(f"{path}: {_short(value)} is not a usable path; allowed: a non-empty path without NUL")
-    if kind == "line" and (not value.isprintable() or len(value) > 100):
-        raise SpecError(f"{path}: {_short(value)} is not one short line; allowed: up to 100 printable characters")
-
-
-def _check_number(path: str, value, tp):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {_short(value)}")
-    if tp is int:
-        if isinstance(value, float) and not value.is_integer():
-            raise SpecError(f"{path}: expected an integer, got {_short(value)}")
-        if isinstance(value, float) and not math.isfinite(value) or abs(value) > INT_MAX:
-            raise SpecError(f"{path}: {_short(value)} is out of range; allowed: integers with |value| <= {INT_MAX}")
-        return int(value)
-    try:
-        number = float(value)
-    except OverflowError:
-        raise SpecError(f"{path}: {_short(value)} is out of range; allowed: a finite number") from None
-    if not math.isfinite(number):
-        raise SpecError(f"{path}: expected a finite number, got {_short(value)}")
-    return number
-
-
-def check_value(path: str, value, tp, meta: dict):
-    """Coerce and validate one scalar field against its type and metadata; raise SpecError."""
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise SpecError(f"{path}: expected true or false, got {_short(value)}")
-    elif tp in (int, float):
-        value = _check_number(path, value, tp)
-    elif tp is str:
-        if not isinstance(value, str):
-            raise SpecError(f"{path}: expected a string, got {_short(value)}")
-        _check_text(path, value, meta.get("text"))
-    choices = meta.get("choices")
-    if choices is not None and value not in choices:
-        raise SpecError(f"{path}: {_short(value)} is not allowed; allowed: {', '.join(map(str, choices))}")
-    lo, hi = meta.get("lo"), meta.get("hi")
-    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
-        op = ">" if meta.get("lo_open") else ">="
-        raise SpecError(f"{path}: {value!r} is out of range; allowed: {op} {lo}" + (f" and {'<' if meta.get('hi_open') else '<='} {hi}" if hi is not None else ""))
-    if hi is not None and (value > hi or (meta.get("hi_open") and value == hi)):
-        op = "<" if meta.get("hi_open") else "<="
-        raise SpecError(f"{path}: {value!r} is out of range; allowed: {op} {hi}" + (f" and >= {lo}" if lo is not None else ""))
-    return value
-
-
-def build_dataclass(cls, raw: dict, path: str):
-    """Build dataclass ``cls`` from ``raw``: unknown keys, wrong types and out-of-range values raise SpecError."""
-    if not isinstance(raw, dict):
-        raise SpecError(f"{path or cls.__name__}: expected a table, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key not in names:
-            where = f"{path}.{_key(key)}" if path else _key(key)
-            raise SpecError(f"{where}: unknown key; allowed: {', '.join(names)}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in raw:
-            continue
-        tp, value, where = hints[f.name], raw[f.name], (f"{path}.{f.name}" if path else f.name)
-        if tp in (bool, int, float, str):
-            kwargs[f.name] = check_value(where, value, tp, f.metadata)
-        else:
-            kwargs[f.name] = value
-    return cls(**kwargs)
 
 
 def _validate_rho(where: str, rho) -> list[float]:
@@ -275,8 +193,13 @@ def validate_search(raw: dict, where: str) -> SearchConfig:
             raise SpecError(f"{where}.engine: 'local' cannot run kind 'tpe'; allowed: optuna, ray")
         if search.rho_min >= search.rho_max:
             raise SpecError(f"{where}.rho_min: {search.rho_min} must be < rho_max {search.rho_max}")
-    if search.kind == "asha" and search.engine != "ray":
-        raise SpecError(f"{where}.engine: kind 'asha' needs engine 'ray'; allowed: ray")
+    if search.kind in ("asha", "pbt", "pb2") and search.engine != "ray":
+        raise SpecError(f"{where}.engine: kind {search.kind!r} needs engine 'ray'; allowed: ray")
+    if search.kind in ("pbt", "pb2"):  # initial rho values: search.grid, or n_trials drawn in [rho_min, rho_max]
+        search.grid = _validate_rho(f"{where}.grid", search.grid) if search.grid != [] else []
+        if len(search.grid or [0] * search.n_trials) < 2 or search.rho_min >= search.rho_max:
+            raise SpecError(f"{where}.grid: a population needs >= 2 members (grid values or n_trials) and "
+                            f"rho_min < rho_max; allowed: e.g. grid = [0.01, 0.05, 0.1, 0.2]")
     if search.kind == "sweep" and search.grid != []:
         raise SpecError(f"{where}.grid: a sweep runs the method's rho values; allowed: no grid (set methods[].rho)")
     if search.kind == "tpe" and search.grid != []:
@@ -286,6 +209,7 @@ def validate_search(raw: dict, where: str) -> SearchConfig:
     if search.storage:
         validate_storage_url(search.storage, f"{where}.storage")
     _check_address(search.address, f"{where}.address")
+    search.loggers = validate_loggers(search.loggers, search.engine, f"{where}.loggers")
     return search
 
 
@@ -348,9 +272,34 @@ def validate_spec(raw: dict) -> ExperimentSpec:
             if isinstance(mc.rho, list) and search.kind != "sweep":
                 raise SpecError(f"{where}.rho: a list of rho values cannot be combined with a search; allowed: one number")
             mc.search = dataclasses.asdict(search)
+            if search.kind != "sweep":
+                _check_selection_seeds(spec.seeds, search.selection_seeds, f"{where}.search.selection_seeds")
         methods.append(mc)
     spec.methods = methods
     return spec
+
+
+SELECTION_SEED_OFFSET = 1000  # default selection seeds: 1000 + each spec seed
+
+
+def selection_seeds(seeds: list, search: dict) -> list[int]:
+    """The seeds a search selects ρ* on: ``search.selection_seeds``, or 1000 + each of ``seeds``."""
+    return list(search.get("selection_seeds") or [SELECTION_SEED_OFFSET + s for s in seeds])
+
+
+def _check_selection_seeds(seeds: list, given: list, where: str) -> None:
+    chosen = selection_seeds(seeds, {"selection_seeds": given})
+    if not isinstance(given, list):
+        raise SpecError(f"{where}: expected a list of integers, got {_short(given)}")
+    for i, s in enumerate(chosen):
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= INT_MAX:
+            raise SpecError(f"{where}[{i}]: {_short(s)} is not allowed; allowed: integers in [0, {INT_MAX}]")
+    if len(set(chosen)) != len(chosen):
+        raise SpecError(f"{where}: duplicate values {_short(chosen)}; allowed: distinct integers")
+    shared = sorted(set(chosen) & set(seeds))
+    if shared:
+        raise SpecError(f"{where}: {_short(shared)} {'are' if len(shared) > 1 else 'is'} also evaluation seed(s) "
+                        f"(seeds); allowed: integers disjoint from seeds{' (set them explicitly)' if not given else ''}")
 
 
 def _validate_vary(spec: ExperimentSpec):

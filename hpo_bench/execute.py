@@ -3,6 +3,8 @@
 ``execute_trial`` is what every engine calls for a trial: it skips a trial the store already has,
 otherwise builds the typed :class:`~hpo_bench.config.TrainConfig`, the strategy and the
 :class:`~hpo_bench.trainer.Trainer`, trains, and writes the row and curves through the store.
+A trial with a mid-run checkpoint (``train.checkpoint_every``, :mod:`hpo_bench.checkpoint`) resumes
+from it; the checkpoint is removed once the row is written (unless ``train.keep_checkpoints``).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import time
 import pandas as pd
 import torch
 
+from hpo_bench.checkpoint import CheckpointError, Checkpointer
 from hpo_bench.config import DataConfig, TrainConfig
 from hpo_bench.data import load_data
 from hpo_bench.store import ResultsStore
@@ -36,8 +39,14 @@ def trial_data(trial: Trial):
     return data_for(trial.data)
 
 
+def trial_checkpointer(trial: Trial, store: ResultsStore) -> Checkpointer:
+    """The checkpoint of ``trial`` in ``store`` (``train.checkpoint_every``, ``train.keep_checkpoints``)."""
+    cfg = TrainConfig(**trial.train)
+    return Checkpointer(store, trial.run_id, cfg.checkpoint_every, cfg.keep_checkpoints)
+
+
 def trial_trainer(trial: Trial, device: str | None = None, on_epoch=None, progress=None,
-                  max_steps: int = 0) -> Trainer:
+                  max_steps: int = 0, checkpoint: Checkpointer | None = None) -> Trainer:
     """The trainer of ``trial``: its data, model, typed train config, strategy and seed."""
     train_cfg = TrainConfig(**trial.train)
     if train_cfg.threads:
@@ -45,13 +54,23 @@ def trial_trainer(trial: Trial, device: str | None = None, on_epoch=None, progre
     dev = resolve_device(device or train_cfg.device)
     strategy = create_strategy(trial.strategy, trial.rho, trial.params)
     return Trainer(trial_data(trial), trial.model["name"], train_cfg, strategy, trial.seed, dev,
-                   on_epoch=on_epoch, progress=progress, max_steps=max_steps)
+                   on_epoch=on_epoch, progress=progress, max_steps=max_steps, checkpoint=checkpoint)
 
 
-def run_trial(trial: Trial, device: str | None = None, on_epoch=None, progress=None) -> tuple[dict, pd.DataFrame]:
-    """Train one trial to completion (or divergence/timeout/oom); return (runs row, curves frame)."""
-    trainer = trial_trainer(trial, device, on_epoch=on_epoch, progress=progress)
-    result = trainer.fit()
+def run_trial(trial: Trial, device: str | None = None, on_epoch=None, progress=None,
+              checkpoint: Checkpointer | None = None) -> tuple[dict, pd.DataFrame]:
+    """Train one trial to completion (or divergence/timeout/oom); return (runs row, curves frame).
+
+    With ``checkpoint`` the run resumes from its checkpoint, if any, and writes new ones; a checkpoint
+    that does not fit the run is set aside and the run starts over on a fresh trainer.
+    """
+    trainer = trial_trainer(trial, device, on_epoch=on_epoch, progress=progress, checkpoint=checkpoint)
+    try:
+        result = trainer.fit()
+    except CheckpointError as err:
+        checkpoint.set_aside(str(err))
+        trainer = trial_trainer(trial, device, on_epoch=on_epoch, progress=progress, checkpoint=checkpoint)
+        result = trainer.fit()
     return result_row(trial, result, trainer.device), result_curves(trial.run_id, result)
 
 
@@ -101,10 +120,12 @@ def result_curves(run_id: str, result) -> pd.DataFrame:
 
 
 def execute_trial(trial: Trial, store: ResultsStore, device=None, progress=None, on_epoch=None) -> dict:
-    """Run ``trial`` unless the store already has it; return its row."""
+    """Run ``trial`` unless the store already has it (resuming from its checkpoint, if any); return its row."""
     if store.has(trial.run_id):
         return store.load_row(trial.run_id)
-    row, curves = run_trial(trial, device=device, progress=progress, on_epoch=on_epoch)
+    checkpoint = trial_checkpointer(trial, store)
+    row, curves = run_trial(trial, device=device, progress=progress, on_epoch=on_epoch, checkpoint=checkpoint)
     row["finished_at"] = time.time()
     store.write_run(row, curves)
+    checkpoint.finish()
     return row

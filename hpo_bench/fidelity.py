@@ -12,8 +12,9 @@ every N-th step t and at the SAME state S_t = (θ_t, BN buffers, SGD momentum) i
 * ``exact_kK``      — the exact dM/dν through K steps: the real batch B_t followed by K−1 training
                       batches from the auxiliary training stream, with the cosine lrs of steps t … t+K−1,
 
-all for the same metric M, the same validation batch B^vl_t and (for LETS and K = 1) the same training
-batch B_t; M is evaluated on the last unrolled training batch (LETS's convention). The LETS
+all for the same metric M, the same validation batch B^vl_t (drawn per ``protocol``: the training set
+by default, as LETS's default; ``protocol = "clean"`` in the method's params: the held-out split) and
+(for LETS and K = 1) the same training batch B_t; M is evaluated on the last unrolled training batch (LETS's convention). The LETS
 estimates come from the real step t → t+1 (g_a at the trainer's θ_{t+1}); ``M_lets`` and ``M_k1``
 (the M of the real θ_{t+1} and of the K = 1 unroll) agree up to rounding, a built-in consistency check.
 Note: ``capture_state`` runs inside the step, after its first pass, so the BN running statistics in S_t
@@ -66,7 +67,7 @@ class FidelityProbe(Strategy):
     name = "fidelity-probe"  # not registered: only used by this module
 
     def __init__(self, rho: float, kind: str = "sam", every: int = 5, unroll: int = 5, metric: str = "sq_gap",
-                 xi: float = 0.01, protocol: str = "clean"):
+                 xi: float = 0.01, protocol: str = "paper"):
         super().__init__(rho)
         self.kind, self.every, self.unroll, self.metric, self.xi = kind, every, unroll, metric, xi
         self.source = PROTOCOL_SOURCE[protocol]
@@ -149,7 +150,7 @@ def fidelity_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_fidelity(data, model_name: str, train_cfg, rho: float, seed: int = 0, *, kind: str = "sam", every: int = 5,
-                 unroll: int = 5, metric: str = "sq_gap", xi: float = 0.01, protocol: str = "clean",
+                 unroll: int = 5, metric: str = "sq_gap", xi: float = 0.01, protocol: str = "paper",
                  device="cpu", progress=None):
     """Train once at fixed ρ with :class:`FidelityProbe`; return (table, summary, RunResult)."""
     if every < 1 or unroll < 1:
@@ -176,7 +177,7 @@ def cmd_fidelity(args) -> int:
     kind = "asam" if "asam" in method.strategy else "sam"
     metric = args.metric or method.params.get("metric", "sq_gap")
     xi = float(method.params.get("xi", 0.01))
-    protocol = method.params.get("protocol", "clean")
+    protocol = method.params.get("protocol", "paper")  # LETS's default validation stream
     data = load_data(sspec.data)
     cfg = sspec.train
     if cfg.threads:

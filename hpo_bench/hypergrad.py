@@ -41,9 +41,15 @@ but differentiates one recomputed step at a time (checked against (b)).
 Neither changes the model, its buffers or any optimizer state. The passes run in the parameters'
 dtype without autocast (bf16 double backward is not meaningful).
 
-Cost accounting (``ledger``): the forward unroll is 2K grad evals plus 2 for M (ℓ_vl, ℓ_tr); the
-reverse pass through the unroll is charged 2K more (one double-backward per gradient call, counted
-as one grad eval — a lower bound, a double backward costs about 2×). Total charged: 4K + 2.
+Cost accounting (``ledger``, in grad evals; :mod:`hpo_bench.ledger`): the forward unroll is 2K
+gradient calls; M costs m = ⌈|B^vl|/|B_{K−1}|⌉ (the validation pass, in training-batch units: more
+than 1 when M is evaluated on several validation batches at once) + 1 (ℓ_tr; 0 for "val_loss"),
+forward and its backward; the reverse pass from M through the unroll differentiates each of the 2K
+gradient calls once more — a double backward (backward through a graph built with
+``create_graph=True``), charged 2 grad evals per gradient call it passes through (it runs the
+backward of a backward plus the backward of the forward graph under it): 4K. Total charged
+6K + m (6K + 2 with one validation batch of the training batch's size). :func:`hypergrad_recompute`
+adds the K recomputed steps (2K) and charges 8K + m.
 """
 from __future__ import annotations
 
@@ -110,12 +116,28 @@ def _as_nu(rho=None, nu=None) -> torch.Tensor:
     return nu.detach().clone().requires_grad_(True)
 
 
-def _finish(M, nu, K, ledger, differentiate: bool) -> HypergradResult | torch.Tensor:
+DOUBLE_BACKWARD_EVALS = 2  # grad evals charged per gradient call a reverse pass differentiates through
+
+
+def m_cost(val_batch, last_batch, metric: str) -> int:
+    """Grad evals of M's passes and their backward: ⌈|B^vl|/|B_{K−1}|⌉ + (1 unless metric = "val_loss")."""
+    n_val, n_tr = len(val_batch[1]), max(1, len(last_batch[1]))
+    return -(-n_val // n_tr) + (metric != "val_loss")
+
+
+def unroll_cost(K: int, val_batch, last_batch, metric: str, impl: str = "higher") -> int:
+    """Grad evals charged for one exact hypergradient (see the module docstring): 6K + m, recompute 8K + m."""
+    forward = 2 * K * (2 if impl == "recompute" else 1)
+    return forward + DOUBLE_BACKWARD_EVALS * 2 * K + m_cost(val_batch, last_batch, metric)
+
+
+def _finish(M, nu, batches, val_batch, metric, ledger, differentiate: bool) -> HypergradResult | torch.Tensor:
     if not differentiate:
         return M.detach()
+    K = len(batches)
     (d_nu,) = torch.autograd.grad(M, nu)
     if ledger is not None:
-        ledger.charge_grad(4 * K + 2)
+        ledger.charge_grad(unroll_cost(K, val_batch, batches[-1], metric))
     rho = float(torch.exp(nu.detach()))
     return HypergradResult(dM_dnu=float(d_nu), dM_drho=float(d_nu) / rho, M=float(M.detach()), rho=rho, K=K)
 
@@ -173,7 +195,7 @@ def hypergrad_higher(model, state: UnrollState, batches, val_batch, lrs, *, rho=
         lv = loss(theta, xv, yv, True)
         lt = loss(theta, xt, yt, True) if metric != "val_loss" else lv.detach()
         M = upper_metric(metric, lv, lt)
-        return _finish(M, nu, len(batches), ledger, differentiate)
+        return _finish(M, nu, batches, val_batch, metric, ledger, differentiate)
 
 
 # ----------------------------------------------------------------------------- (b) torch.func
@@ -203,7 +225,8 @@ def _func_step(model, loss, theta: dict, mom: dict, rho_t, x, y, lr, kind, xi, s
 
 def _func_metric(model, loss, theta, val_batch, last_batch, metric):
     with frozen_bn_stats(model):
-        return upper_metric(metric, loss(theta, *val_batch), loss(theta, *last_batch))
+        lv = loss(theta, *val_batch)
+        return upper_metric(metric, lv, loss(theta, *last_batch) if metric != "val_loss" else lv.detach())
 
 
 def hypergrad_func(model, state: UnrollState, batches, val_batch, lrs, *, rho=None, nu=None, kind="sam",
@@ -225,7 +248,7 @@ def hypergrad_func(model, state: UnrollState, batches, val_batch, lrs, *, rho=No
             for (x, y), lr in zip(batches, lrs):
                 theta, mom = _func_step(model, loss, theta, mom, rho_t, x, y, lr, kind, xi, sgd)
             M = _func_metric(model, loss, theta, val_batch, batches[-1], metric)
-            return _finish(M, nu, len(batches), ledger, differentiate)
+            return _finish(M, nu, batches, val_batch, metric, ledger, differentiate)
     finally:
         model.train(was_training)
 
@@ -241,7 +264,8 @@ def hypergrad_recompute(model, state: UnrollState, batches, val_batch, lrs, *, r
     graph and one vector-Jacobian product gives λ_k = (∂θ_{k+1}/∂θ_k)ᵀλ_{k+1} + (∂b_{k+1}/∂θ_k)ᵀμ_{k+1},
     μ_k likewise through b_k, and adds (∂(θ_{k+1}, b_{k+1})/∂ν)ᵀ(λ_{k+1}, μ_{k+1}) to dM/dν.
     The same arithmetic as the full unroll, in another order (tests: equal to 1e-10 in float64).
-    Cost charged: 2K (forward) + 2 (M) + 2K (recomputed steps) + 2K (their reverse) = 6K + 2.
+    Cost charged: 2K (forward) + m (M) + 2K (recomputed steps) + 4K (their reverse: a double backward
+    through each of the 2K recomputed gradient calls, 2 each) = 8K + m.
     """
     names = _check(model, state, batches, lrs, metric, kind)
     sgd = sgd or SGDConfig()
@@ -289,7 +313,7 @@ def hypergrad_recompute(model, state: UnrollState, batches, val_batch, lrs, *, r
                 if g[-1] is not None:
                     d_nu = d_nu + g[-1]
         if ledger is not None:
-            ledger.charge_grad(6 * len(batches) + 2)
+            ledger.charge_grad(unroll_cost(len(batches), val_batch, batches[-1], metric, "recompute"))
         d_nu = float(d_nu)
         r = float(torch.exp(nu.detach()))
         return HypergradResult(dM_dnu=d_nu, dM_drho=d_nu / r, M=float(M.detach()), rho=r, K=len(batches))
@@ -307,5 +331,5 @@ def exact_hypergrad(model, state, batches, val_batch, lrs, *, impl: str = "highe
     return IMPLS[impl](model, state, batches, val_batch, lrs, **kw)
 
 
-__all__ = ["HypergradResult", "UnrollState", "capture_state", "exact_hypergrad", "hypergrad_func",
-           "hypergrad_higher", "hypergrad_recompute"]
+__all__ = ["DOUBLE_BACKWARD_EVALS", "HypergradResult", "UnrollState", "capture_state", "exact_hypergrad",
+           "hypergrad_func", "hypergrad_higher", "hypergrad_recompute", "m_cost", "unroll_cost"]

@@ -2,8 +2,14 @@
 
 Units:
 * ``grad_evals``: forward+backward passes on one mini-batch (training or validation batch). A
-  backward through an unrolled graph (exact hypergradients) is charged by the code that runs it,
-  through :meth:`Ledger.charge_grad`, never by a strategy typing a number.
+  double backward — a backward through a graph built with ``create_graph=True``, e.g. the exact
+  hypergradient's reverse pass through an unroll — is charged 2 grad evals per first-order gradient
+  call it differentiates through: it runs the backward of that backward pass and the backward of the
+  forward graph under it (a measured FLOP equivalent would be about the same; 2 is the simple,
+  stated unit). It is charged by the code that runs it (:mod:`hpo_bench.hypergrad`), through
+  :meth:`Ledger.charge_grad`, never by a strategy typing a number; ``tests/test_strategy_contract.py``
+  counts the real ``torch.autograd`` calls by the same rule and fails a strategy charged less.
+  LETS and every other strategy take first-order gradients only (1 each).
 * ``fwd_evals``: forward-only passes on one batch (evaluation batches included).
 * ``wall_s``: wall-clock seconds of the run (training + evaluation).
 * ``device_s``: on CUDA, GPU time between CUDA events around the run; on CPU, the process CPU

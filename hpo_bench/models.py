@@ -222,18 +222,21 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """CIFAR ResNet (kuangliu/pytorch-cifar layout): 3x3 stem, stride 1, no max-pool."""
+    """CIFAR ResNet (kuangliu/pytorch-cifar layout): 3x3 stem (stride ``stem_stride``, 1 for CIFAR), no
+    max-pool; one stage per entry of ``blocks`` (BasicBlocks) and ``widths`` (channels), stride 2 from
+    the second stage on."""
 
-    def __init__(self, blocks=(2, 2, 2, 2), num_classes=10, in_ch=3):
+    def __init__(self, blocks=(2, 2, 2, 2), num_classes=10, in_ch=3, widths=(64, 128, 256, 512), stem_stride=1):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_ch, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
-        layers, c_in = [], 64
-        for i, (n, width) in enumerate(zip(blocks, (64, 128, 256, 512))):
+        self.stem = nn.Sequential(nn.Conv2d(in_ch, widths[0], 3, stem_stride, 1, bias=False), nn.BatchNorm2d(widths[0]),
+                                  nn.ReLU())
+        layers, c_in = [], widths[0]
+        for i, (n, width) in enumerate(zip(blocks, widths)):
             for j in range(n):
                 layers.append(BasicBlock(c_in, width, 2 if (j == 0 and i > 0) else 1))
                 c_in = width
         self.layers = nn.Sequential(*layers)
-        self.head = nn.Linear(512, num_classes)
+        self.head = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x):
         x = self.layers(self.stem(x))
@@ -290,3 +293,36 @@ class WideResNet(nn.Module):
 def wrn28_10(num_classes, input_shape):
     """WideResNet-28-10 (pre-activation, dropout 0, He init)."""
     return _he_init(WideResNet(28, 10, num_classes, 0.0, in_ch=input_shape[0]))
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST (28x28 grey images)
+def _image_shape(input_shape: tuple) -> tuple[int, int, int]:
+    """(channels, height, width) of an image input; (1, 28, 28) for any other input, which then fails
+    in the forward pass (where preflight reports that the model does not fit the data set)."""
+    return tuple(input_shape) if len(input_shape) == 3 else (1, 28, 28)
+
+
+@register_model("fmnist_cnn")
+def fmnist_cnn(num_classes, input_shape):
+    """Fashion-MNIST CNN, 2 conv3x3 (16, 32) + max-pool, FC 128 (ref. 87.5% test acc ERM, 86.6% SAM 0.05: 10k images, 5 epochs).
+
+    Reference: ``experiments/fashion-mnist-reference.toml``, mean of seeds 0 and 1: ERM 87.53 ± 0.28%, SAM ρ = 0.05
+    86.56 ± 1.81% after 5 epochs on a 10 000-image training subset (9000 train / 1000 validation), no
+    augmentation, lr 0.1 cosine, batch 100; test set: all 10 000 images. BN-free, so populations
+    (``hpo_bench.population``) train it through ``vmap``.
+    """
+    c, h, w = _image_shape(input_shape)
+    return nn.Sequential(nn.Conv2d(c, 16, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(16, 32, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(32 * (h // 4) * (w // 4), 128), nn.ReLU(), nn.Linear(128, num_classes))
+
+
+@register_model("fmnist_resnet")
+def fmnist_resnet(num_classes, input_shape):
+    """Fashion-MNIST ResNet-8, widths 16/32/64, BatchNorm (ref. 86.7% test acc ERM, 86.2% SAM 0.05: 10k images, 5 epochs).
+
+    A stride-2 3x3 stem (28 → 14 px, a quarter of the stride-1 cost on CPU), then one BasicBlock per
+    stage at 14/7/4 px, He init. Reference as for ``fmnist_cnn``: ERM 86.72 ± 0.54%, SAM ρ = 0.05
+    86.16 ± 0.18%. BatchNorm2d: population training refuses it; its runs train one by one.
+    """
+    return _he_init(ResNet((1, 1, 1), num_classes, in_ch=_image_shape(input_shape)[0], widths=(16, 32, 64), stem_stride=2))

@@ -18,7 +18,7 @@ import ctypes
 import multiprocessing
 import os
 import signal
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 import torch
 
@@ -37,14 +37,20 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def init_worker() -> None:
-    """Set up a worker process: SIGINT ignored (the driver stops it), SIGKILL when its parent dies, one thread."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (``PR_SET_PDEATHSIG``); a no-op elsewhere."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:  # pragma: no cover - non-Linux: workers end when their queue closes
         pass
-    torch.set_num_threads(1)
+
+
+def init_worker(threads: int = 1) -> None:
+    """Set up a worker process: SIGINT ignored (the driver stops it), SIGKILL when its parent dies,
+    ``threads`` torch threads (a trial's ``train.threads``, when set, wins)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
+    torch.set_num_threads(max(1, int(threads)))
 
 
 def _work(trial: dict, store_root: str, device) -> dict:
@@ -68,12 +74,13 @@ def run_with_progress(trial: Trial, store, device=None, progress=None, consolida
 
 
 class TrialPool:
-    """``jobs`` worker processes, started on first use and kept for the whole experiment."""
+    """``jobs`` worker processes with ``threads`` torch threads each, started on first use and kept for
+    the whole experiment."""
 
-    def __init__(self, jobs: int, device=None):
+    def __init__(self, jobs: int, device=None, threads: int = 1):
         if jobs < 1:
             raise ValueError(f"--jobs: {jobs}; allowed: an integer >= 1")
-        self.jobs, self.device = jobs, device
+        self.jobs, self.device, self.threads = jobs, device, max(1, int(threads))
         self._executor: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> "TrialPool":
@@ -94,8 +101,20 @@ class TrialPool:
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=init_worker)
+                                                 initializer=init_worker, initargs=(self.threads,))
         return self._executor
+
+    def submit(self, trial: Trial, store: ResultsStore) -> Future:
+        """Start ``trial`` in a worker process (skipped there when stored); the future's result is its row.
+
+        For a driver that schedules runs itself (the Optuna grid): it decides what runs, the pool only
+        trains. An exception of the trial is the future's exception.
+        """
+        return self._pool().submit(_work, trial.to_dict(), str(store.root), self.device)
+
+    def submit_call(self, fn, *args) -> Future:
+        """Run the picklable ``fn(*args)`` in a worker process (e.g. a population of trials)."""
+        return self._pool().submit(fn, *args)
 
     def run(self, trials: list[Trial], store: ResultsStore, progress=None) -> list[dict]:
         """Run every trial not in ``store`` (each run id once); return the rows of ``trials`` in order."""

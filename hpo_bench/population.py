@@ -143,13 +143,13 @@ def _train_key(t: Trial) -> str:
 
 def can_train_together(trials: list[Trial]) -> bool:
     """True if ``trials`` share model, data, train config, strategy and params (differing only in ρ
-    and/or seed), the strategy is in :data:`SUPPORTED`, no per-run memory budget is set (it cannot be
-    attributed to one member of a shared pass) and the population can run the model."""
+    and/or seed), the strategy is in :data:`SUPPORTED`, no per-run memory budget or checkpoint is set (they
+    cannot be attributed to one member of a shared pass: such runs train one by one) and the population can run the model."""
     if not trials or trials[0].strategy not in SUPPORTED or len({_train_key(t) for t in trials}) != 1:
         return False
     t0, data = trials[0], trial_data(trials[0])
-    if TrainConfig(**t0.train).max_mem_mb:
-        return False
+    if (cfg := TrainConfig(**t0.train)).max_mem_mb or cfg.checkpoint_every:
+        return False  # budgets and mid-run checkpoints are per run: a population has neither
     cls = get_strategy_class(t0.strategy)
     if cls.uses_validation_split(cls.Params(**t0.params)) and len(data.val_y) == 0:
         return False  # the separate runs report this error

@@ -16,7 +16,9 @@ import torch
 from hpo_bench.config import ExperimentSpec, settings
 from hpo_bench.errors import SpecError
 from hpo_bench.execute import data_for
+from hpo_bench.loggers import check_loggers
 from hpo_bench.models import create_model
+from hpo_bench.storage_url import is_rdb_url, redact
 from hpo_bench.strategy import get_strategy_class
 
 SELECTING_KINDS = ("grid", "tpe", "asha")  # searches that select ρ* on the validation split
@@ -75,7 +77,9 @@ def _check_model_fits(sspec: ExperimentSpec, data, where: str) -> None:
 
 def _check_search(search: dict, where: str) -> None:
     """What a search needs from this machine: a local Ray that can hold one trial, an Optuna file storage
-    whose folder can be written. (A remote Ray cluster is checked by the engine when it connects.)"""
+    whose folder can be written, the packages and classes of its loggers. (A remote Ray cluster is checked
+    by the engine when it connects.)"""
+    check_loggers(search.get("loggers", []), search["engine"], f"{where}.loggers")
     if search["engine"] == "ray" and search["address"] in ("", "local"):
         for name, need, have, what in (("gpus_per_trial", search["gpus_per_trial"], torch.cuda.device_count(), "GPU(s)"),
                                        ("cpus_per_trial", search["cpus_per_trial"], os.cpu_count() or 1, "CPU(s)")):
@@ -91,3 +95,46 @@ def _check_search(search: dict, where: str) -> None:
         if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
             raise SpecError(f"{where}.storage: {url!r} cannot be created (its folder {str(folder)!r} is missing or not "
                             "writable); allowed: a file in a writable folder")
+    if search["engine"] == "optuna" and is_rdb_url(url) and not url.startswith("sqlite"):
+        check_database(url, f"{where}.storage")
+
+
+# ----------------------------------------------------------------------------- database storages
+
+DB_CONNECT_TIMEOUT_S = 5
+DRIVER_HINT = ("allowed: pip install 'hpo-bench[postgres]' (psycopg 3) and a postgresql+psycopg://USER@HOST/DB URL, "
+               "or install the driver this URL names")
+
+
+def check_database(url: str, where: str = "search.storage", timeout: int = DB_CONNECT_TIMEOUT_S) -> None:
+    """One-line SpecError (secrets redacted) unless the database of ``url`` has its Python driver installed
+    and accepts a connection within ``timeout`` seconds. Nothing is created in the database."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    shown = repr(redact(url))
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+    except Exception as err:  # ArgumentError, NoSuchModuleError (an unknown '+driver')
+        raise SpecError(f"{where}: {shown} is not a URL SQLAlchemy can use ({redact(str(err).splitlines()[0])[:120]}); "
+                        f"{DRIVER_HINT}") from None
+    try:
+        (dialect.import_dbapi if hasattr(dialect, "import_dbapi") else dialect.dbapi)()
+    except ImportError as err:
+        module = getattr(err, "name", None) or str(err)
+        raise SpecError(f"{where}: {shown} needs the database driver {module!r} ({parsed.get_backend_name()}"
+                        f"+{parsed.get_driver_name()}), which is not installed; {DRIVER_HINT}") from None
+    args = {"connect_timeout": timeout} if parsed.get_backend_name() in ("postgresql", "mysql", "mariadb") else {}
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=args)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT 1"))
+    except Exception as err:
+        cause = getattr(err, "orig", None) or err
+        reason = " ".join(str(cause).split())[:160] or type(cause).__name__
+        raise SpecError(f"{where}: cannot connect to {shown} within {timeout} s ({redact(reason)}); allowed: the URL "
+                        "of a running database server that this machine can reach") from None
+    finally:
+        engine.dispose()

@@ -2,11 +2,15 @@
 
 Sequential runs: the bar counts the current run's steps (ETA, latest validation accuracy).
 Concurrent runs (:meth:`RunProgress.start_batch`): the bar counts finished runs of the batch
-(ETA over runs), since the runs' steps happen in other processes.
+(ETA over runs), since the runs' steps happen in other processes; each run's line also ends with
+``(k/n, eta ...)``, so the ETA shows without a terminal too (``--no-progress``, a log file). Every
+engine uses this: the pool and the Optuna grid call :meth:`RunProgress.finish` for each run, Ray
+Tune's driver from a Tune callback.
 """
 from __future__ import annotations
 
 import sys
+import time
 
 from tqdm.auto import tqdm
 
@@ -19,6 +23,7 @@ class RunProgress:
         self.bar = None
         self.done = 0
         self.batch = False
+        self.batch_total, self.batch_done, self.batch_t0 = 0, 0, 0.0
 
     def __enter__(self):
         if self.enabled:
@@ -38,6 +43,7 @@ class RunProgress:
     def start_batch(self, n_runs: int, workers: int) -> None:
         """The next ``n_runs`` finish in any order, ``workers`` at a time: the bar counts runs."""
         self.batch = True
+        self.batch_total, self.batch_done, self.batch_t0 = n_runs, 0, time.monotonic()
         if self.bar is not None:
             self.bar.reset(total=n_runs)
             self.bar.unit = "run"
@@ -54,6 +60,17 @@ class RunProgress:
         acc = row.get("test_acc", float("nan"))
         msg = f"[{self.done}] {row['method']:<22} rho0={row['rho0']:<8g} seed={row['seed']:<3} " \
               f"status={status:<8} test_acc={acc:.4f} grad_evals={row.get('grad_evals', 0)} wall={row.get('wall_s', 0):.1f}s"
+        if self.batch and self.batch_total:
+            self.batch_done += 1
+            msg += f"  ({self.batch_done}/{self.batch_total}, {self.eta()})"
         self.note(msg)
         if self.batch and self.bar is not None:
             self.bar.update(1)
+
+    def eta(self) -> str:
+        """``eta 1m05s`` for the rest of the batch, from its mean time per finished run so far."""
+        left = max(0, self.batch_total - self.batch_done)
+        if not left:
+            return "done"
+        secs = (time.monotonic() - self.batch_t0) / max(1, self.batch_done) * left
+        return f"eta {int(secs // 60)}m{int(secs % 60):02d}s" if secs >= 60 else f"eta {secs:.0f}s"

@@ -30,6 +30,7 @@ class SearchKind(ABC):
 
     name: ClassVar[str]
     summary_doc: ClassVar[str] = ""
+    selects: ClassVar[bool] = True  # selects a rho* (then evaluated on fresh seeds); a sweep does not
 
     def __init__(self, search_cfg: SearchConfig):
         self.cfg = search_cfg

@@ -1,9 +1,11 @@
 """Selecting ρ* from a search's runs, its anytime curve and its summary: pure pandas, no torch.
 
 Protocol (METHODS.md §2): ρ* maximizes the mean over seeds of the best validation accuracy
-(held-out split carved from the training set, never the test set); the reported accuracy is
-the TEST accuracy of the runs at ρ* (mean ± std over seeds); the cost is the SUM over every
-trial of the search. Diverged/stopped trials count in the cost but can never be selected.
+(held-out split carved from the training set, never the test set) over the search's selection
+seeds; the reported accuracy is the TEST accuracy of fresh evaluation runs at ρ* on the spec's
+seeds (:func:`with_evaluation`; nested selection: the runs that chose ρ* never report it); the
+cost is the SUM over every trial of the search, evaluation runs included. Diverged/stopped trials
+count in the cost but can never be selected.
 """
 from __future__ import annotations
 
@@ -48,3 +50,23 @@ def summarize(label: str, strategy: str, tag: str, setting: dict, rows: pd.DataF
     settings = {f"setting.{k}": v for k, v in setting.items()}
     summary = {"method": label, "strategy": strategy, "search": tag, **select(rows), **settings}
     return {"summary": summary, "anytime": anytime_curve(rows, label).assign(**settings)}
+
+
+def with_evaluation(summary: dict, eval_rows: pd.DataFrame) -> dict:
+    """``summary`` with its test accuracy taken from the evaluation runs at ρ* (``eval_rows``).
+
+    The selection runs' own accuracy at ρ* is kept as ``sel_test_acc_mean`` (optimistic: the same
+    runs chose ρ*); ``n_eval``/``n_eval_ok`` count the evaluation runs and ``eval_cost_*`` their cost,
+    which is added to the search's ``cost_*``.
+    """
+    ok = eval_rows[eval_rows["status"] == "ok"] if len(eval_rows) else eval_rows
+    acc = ok["test_acc"].dropna() if len(ok) else pd.Series(dtype=float)
+    out = {**summary, "sel_test_acc_mean": summary.get("test_acc_mean", math.nan),
+           "test_acc_mean": float(acc.mean()) if len(acc) else math.nan,
+           "test_acc_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0 if len(acc) else math.nan,
+           "n_eval": int(len(eval_rows)), "n_eval_ok": int(len(ok))}
+    for c in COST_COLUMNS:
+        if c in eval_rows:
+            out[f"eval_cost_{c}"] = float(eval_rows[c].sum())
+            out[f"cost_{c}"] = float(summary.get(f"cost_{c}", 0.0)) + out[f"eval_cost_{c}"]
+    return out

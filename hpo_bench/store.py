@@ -6,6 +6,9 @@ Layout of one experiment directory (``<out>/<spec name>-<spec digest>/``)::
     trials/<run_id>.json     one finished run's row (written last: its presence marks the run done)
     trials/<run_id>.parquet  that run's curves (per-epoch metrics and per-step traces), long format
     trials/quarantine/       damaged files set aside (never deleted), see below
+    checkpoints/<run_id>.pt  a run in progress: its full state (``train.checkpoint_every``,
+                             :mod:`hpo_bench.checkpoint`); removed when its row is written
+    checkpoints/quarantine/  damaged checkpoints set aside (never deleted)
     runs.parquet             one row per run (consolidated from trials/)
     curves.parquet           run_id, scope ('epoch'|'step'), epoch, step, metric, value
     searches.parquet         one row per search (selected ρ*, accuracy at ρ*, summed cost)
@@ -47,9 +50,11 @@ from pathlib import Path
 import pandas as pd
 
 from hpo_bench.errors import SpecError, WriteError
+from hpo_bench.storage_url import redact
 
 LOG = logging.getLogger("hpo_bench")
 QUARANTINE = "quarantine"
+CHECKPOINTS = "checkpoints"
 
 
 def notice(message: str) -> None:
@@ -288,6 +293,29 @@ class ResultsStore:
         atomic_write_parquet(self.trials / f"{run_id}.parquet", curves)
         atomic_write_text(self.trials / f"{run_id}.json", json.dumps(row, default=_json_default, sort_keys=True))
 
+    # -- mid-run checkpoints (hpo_bench.checkpoint) -------------------------------------------------
+    def checkpoint_path(self, run_id: str) -> Path:
+        """Where a run in progress keeps its last checkpoint: ``checkpoints/<run_id>.pt``."""
+        return self.root / CHECKPOINTS / f"{run_id}.pt"
+
+    def set_aside_checkpoint(self, run_id: str, problem: str) -> None:
+        """Move a damaged checkpoint to ``checkpoints/quarantine/`` (never deleted); one warning line."""
+        src = self.checkpoint_path(run_id)
+        folder = src.parent / QUARANTINE
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            dst, n = folder / src.name, 0
+            while dst.exists():
+                n += 1
+                dst = folder / f"{src.name}.{n}"
+            os.rename(src, dst)
+        except FileNotFoundError:  # another process moved it already
+            return
+        except OSError as err:
+            raise write_error(err, src) from err
+        self.quarantined.append(dst)
+        notice(f"damaged checkpoint: {problem}; moved {dst.name} to {folder}/ (kept, not deleted); the run starts over")
+
     def done_ids(self) -> list[str]:
         """The run ids of every done run in trials/ (damaged files are set aside on the way)."""
         return [rid for rid in self._row_files() if self._row(rid) is not None]
@@ -366,7 +394,9 @@ class ResultsStore:
 
     # -- metadata ------------------------------------------------------------------------------
     def write_metadata(self, spec_dict: dict, command: list[str]) -> None:
-        meta = {"spec": spec_dict, "command": " ".join(command), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        # secrets (a storage URL's password, ...) never reach the file, nor the report made from it
+        meta = {"spec": redact(spec_dict), "command": redact(" ".join(command)),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "versions": package_versions(), "git_commit": git_commit(), "hardware": hardware()}
         atomic_write_text(self.root / "metadata.json", json.dumps(meta, indent=2, default=_json_default))
 

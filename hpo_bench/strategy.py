@@ -16,13 +16,23 @@ Strategies live in the ``searchers`` package (one module each) and register them
 :func:`register_strategy`. The registry finds them through the ``hpo_bench.strategies`` entry
 point group (``pyproject.toml``), so ``hpo_bench`` never imports ``searchers`` and a third-party
 package can add a strategy by declaring the same entry point.
+
+Checkpoints (``train.checkpoint_every``) save a strategy's state with :meth:`Strategy.state_dict` and
+put it back with :meth:`Strategy.load_state_dict`. The default captures every instance attribute
+(see :func:`capture_state` for what it can hold), so a strategy written to these rules needs no code
+of its own to resume bit for bit.
 """
 from __future__ import annotations
 
+import functools
+import importlib
+import types
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, ClassVar
+
+import torch
 
 from hpo_bench.registry import Registry
 
@@ -106,6 +116,123 @@ class Strategy(ABC):
     def summary(self) -> dict[str, float]:
         """Per-run values stored in runs.parquet (e.g. final ρ, fraction of SAM steps)."""
         return {"rho_final": self.rho}
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self, refs: dict | None = None) -> dict:
+        """Everything later steps depend on, as plain data (``torch.load(weights_only=True)`` reads it).
+
+        Default: every instance attribute, captured by :func:`capture_state`. ``refs`` names the objects
+        the strategy may hold but does not own (the trainer, its model, parameters, optimizer, ...):
+        they are stored as references and :meth:`load_state_dict` puts the new run's objects in their
+        place; the strategy's own ``params`` is always one. Called at the end of an epoch.
+        """
+        shared = {id(obj): name for name, obj in {**(refs or {}), "params": self.params, "strategy": self}.items()}
+        memo: dict = {}
+        return {key: capture_state(value, shared, memo, f"{type(self).__name__}.{key}")
+                for key, value in vars(self).items()}
+
+    def load_state_dict(self, state: dict, refs: dict | None = None) -> None:
+        """Put back what :meth:`state_dict` captured (after :meth:`setup`, on a freshly built trainer)."""
+        objects = {**(refs or {}), "params": self.params, "strategy": self}
+        memo: dict = {}
+        for key, value in state.items():
+            setattr(self, key, restore_state(value, objects, memo))
+
+
+# ----------------------------------------------------------------------------- state as plain data
+_REF, _OBJECT, _GENERATOR, _LEAF = "__state_ref__", "__state_object__", "__state_generator__", "__state_leaf__"
+_CODE = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType, functools.partial, type)
+
+
+def capture_state(value, refs: dict, memo: dict, where: str = "state"):
+    """A copy of ``value`` made of None, bool, int, float, str, tensors, lists, tuples and dicts only.
+
+    What it can hold: those types (tensors are detached copies; a leaf that requires grad stays one),
+    ``torch.Generator`` (its state), and plain objects, dataclasses included, whose attributes are
+    again such values (stored as their class's import path and attributes, rebuilt without calling
+    ``__init__``). An object whose ``id`` is in ``refs`` is stored as a reference by name. Sharing is
+    kept: an object reached twice is one object after :func:`restore_state`. Anything else (a module,
+    an optimizer, a function, an object with ``__slots__``) raises TypeError naming ``where``: such a
+    strategy overrides ``state_dict``/``load_state_dict``.
+    """
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    for plain in (bool, int, float, str):  # a subclass (numpy.float64, an IntEnum, ...) as its plain value
+        if isinstance(value, plain):
+            return plain(value)
+    key = id(value)
+    if key in refs:
+        return {_REF: refs[key]}
+    if key in memo:
+        return memo[key]
+    if isinstance(value, torch.Tensor):
+        out = value.detach().clone()
+        out = {_LEAF: out} if value.requires_grad and value.is_leaf else out
+    elif isinstance(value, torch.Generator):
+        out = {_GENERATOR: value.get_state(), "device": str(value.device)}
+    elif isinstance(value, list):
+        out = memo[key] = []
+        out.extend(capture_state(v, refs, memo, f"{where}[{i}]") for i, v in enumerate(value))
+    elif isinstance(value, tuple):
+        out = tuple(capture_state(v, refs, memo, f"{where}[{i}]") for i, v in enumerate(value))
+    elif isinstance(value, dict):
+        out = memo[key] = {}
+        for k, v in value.items():
+            if not isinstance(k, (bool, int, float, str)):
+                raise TypeError(f"{where}: a dict key of type {type(k).__name__}; a checkpoint holds str/int/float keys")
+            out[k] = capture_state(v, refs, memo, f"{where}[{k!r}]")
+    elif isinstance(value, (torch.nn.Module, torch.optim.Optimizer, _CODE)) or not hasattr(value, "__dict__"):
+        raise TypeError(f"{where}: a {type(value).__name__} is not checkpointed by the default Strategy.state_dict; "
+                        "override state_dict/load_state_dict (or pass it in refs)")
+    else:
+        cls = type(value)
+        out = memo[key] = {_OBJECT: f"{cls.__module__}:{cls.__qualname__}", "attrs": {}}
+        for k, v in vars(value).items():
+            out["attrs"][k] = capture_state(v, refs, memo, f"{where}.{k}")
+    memo[key] = out
+    return out
+
+
+def _class(path: str) -> type:
+    module, _, qualname = path.partition(":")
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, type):
+        raise TypeError(f"{path} is not a class")
+    return obj
+
+
+def restore_state(value, objects: dict, memo: dict):
+    """The value :func:`capture_state` captured; references resolved by name in ``objects``."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value
+    key = id(value)
+    if key in memo:
+        return memo[key]
+    if isinstance(value, list):
+        out = memo[key] = []
+        out.extend(restore_state(v, objects, memo) for v in value)
+    elif isinstance(value, tuple):
+        out = tuple(restore_state(v, objects, memo) for v in value)
+    elif _REF in value:
+        out = objects[value[_REF]]
+    elif _LEAF in value:
+        out = value[_LEAF].requires_grad_(True)
+    elif _GENERATOR in value:
+        out = torch.Generator(device=value["device"])
+        out.set_state(value[_GENERATOR])
+    elif _OBJECT in value:
+        cls = _class(value[_OBJECT])
+        out = memo[key] = cls.__new__(cls)
+        for k, v in value["attrs"].items():
+            object.__setattr__(out, k, restore_state(v, objects, memo))
+    else:
+        out = memo[key] = {}
+        for k, v in value.items():
+            out[k] = restore_state(v, objects, memo)
+    memo[key] = out
+    return out
 
 
 def load_plugins() -> None:

@@ -12,6 +12,10 @@ perturbation), per-step cosine learning rate. A step is (see :mod:`searchers.bas
 Data live as tensors on the device and are batched by indexing. Training batch order depends
 only on the run seed; validation batches come from their own generator, so strategies that draw
 them never disturb the training order. CPU runs are deterministic for a given seed.
+
+With a :class:`~hpo_bench.checkpoint.Checkpointer` the run writes its full state every
+``train.checkpoint_every`` epochs and, when it finds a checkpoint, continues from it with the
+same bits as an uninterrupted run (:mod:`hpo_bench.checkpoint`).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from hpo_bench.checkpoint import Checkpointer
 from hpo_bench.config import TrainConfig
 from hpo_bench.data import DataBundle, to_device_async
 from hpo_bench.ledger import Ledger
@@ -165,8 +170,10 @@ class Trainer:
     """Train one model with one strategy; returns a :class:`RunResult`."""
 
     def __init__(self, data: DataBundle, model_name: str, train_cfg: TrainConfig, strategy: Strategy, seed: int,
-                 device: torch.device | str = "cpu", on_epoch=None, progress=None, max_steps: int = 0):
+                 device: torch.device | str = "cpu", on_epoch=None, progress=None, max_steps: int = 0,
+                 checkpoint: Checkpointer | None = None):
         self.cfg = train_cfg
+        self.checkpoint = checkpoint  # writes / resumes mid-run checkpoints (None: neither)
         self.max_steps = max_steps  # > 0: stop (status 'stopped') after this many steps
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
@@ -292,15 +299,25 @@ class Trainer:
                 raise RunStopped("stopped", f"max_steps={self.max_steps} reached", ctx.step)
 
     def fit(self) -> RunResult:
-        cfg, result = self.cfg, RunResult()
+        """Train (from the checkpoint, when there is one) to the end or to a stop; the run's result.
+
+        Raises :class:`~hpo_bench.checkpoint.CheckpointError` before any step when the checkpoint
+        does not fit this run (the caller sets it aside and trains a fresh trainer).
+        """
+        cfg, result, ckpt = self.cfg, RunResult(), self.checkpoint
         ctx = StepContext(self)
         self.strategy.setup(self)
-        self.model.train()
         self.ledger.start()
+        first = 0
+        if ckpt is not None and (state := ckpt.load(self.device)) is not None:
+            first = ckpt.restore(self, ctx, result, state)
+        self.model.train()
         if self.progress is not None:
             self.progress.reset(total=self.total_steps)
+            if ctx.step:
+                self.progress.update(ctx.step)
         try:
-            for epoch in range(cfg.epochs):
+            for epoch in range(first, cfg.epochs):
                 self.train_epoch(ctx, epoch, result.traces)
                 if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                     row = self._epoch_row(ctx, epoch)
@@ -309,6 +326,8 @@ class Trainer:
                         self.progress.set_postfix(val_acc=f"{row['val_acc']:.3f}", loss=f"{row['train_loss']:.3f}")
                     if self.on_epoch is not None:
                         self.on_epoch(row)
+                if ckpt is not None and ckpt.due(epoch, cfg.epochs):
+                    ckpt.save(self, ctx, result, epoch)
         except RunStopped as stop:
             result.status, result.reason, result.stop_step = stop.status, stop.reason, stop.step
         except Diverged as err:
@@ -317,6 +336,8 @@ class Trainer:
             result.status, result.reason, result.stop_step = "oom", str(err).splitlines()[0], ctx.step
             torch.cuda.empty_cache()
         self.ledger.stop()
+        if ckpt is not None:
+            ckpt.stopped(self.ledger)
         result.ledger = self.ledger.as_dict()
         result.summary = {"steps": ctx.step, **self.strategy.summary()}
         return result

@@ -5,7 +5,9 @@ label, the setting it belongs to and the search that asked for it. Its ``run_id`
 exactly those fields, so the same trial gets the same id whichever engine runs it, and a re-run
 skips it. Train fields added after the first results were stored (:data:`LATER_TRAIN_DEFAULTS`)
 enter the hash only when set away from their default, so stores written before they existed
-stay valid.
+stay valid. Train fields that decide how a run is kept, not what it computes
+(:data:`KEEPING_TRAIN_FIELDS`: mid-run checkpoints), never enter it: the same run has the same id
+with checkpoints on or off, and a run resumed from a checkpoint is that run.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # train-config fields added after results were first stored, with the value they had implicitly
 LATER_TRAIN_DEFAULTS = {"dtype": "float32"}
+# train-config fields that never enter the run id: how a run is kept, not what it computes
+KEEPING_TRAIN_FIELDS = frozenset({"checkpoint_every", "keep_checkpoints"})
 
 
 @dataclass
@@ -38,7 +42,8 @@ class Trial:
     @property
     def run_id(self) -> str:
         ident = dataclasses.asdict(self)
-        ident["train"] = {k: v for k, v in ident["train"].items() if LATER_TRAIN_DEFAULTS.get(k, ...) != v}
+        ident["train"] = {k: v for k, v in ident["train"].items()
+                          if k not in KEEPING_TRAIN_FIELDS and LATER_TRAIN_DEFAULTS.get(k, ...) != v}
         return stable_hash(ident)[:16]
 
     def to_dict(self) -> dict:

@@ -8,8 +8,12 @@ At θ_{t+1}, from the validation loss ℓ_vl and the training loss ℓ_tr (LETS 
     "gap"                             M = ℓ_vl − ℓ_tr,      g_a = ḡ_vl − ḡ_tr
     "val_loss"                        M = ℓ_vl,             g_a = ḡ_vl
 
-Validation batches come from the held-out split (``protocol = "clean"``) or from the training set
-(``"paper"``, as the paper's §4.1 does): :data:`PROTOCOL_SOURCE` names the trainer's stream.
+Validation batches come from the training set (``protocol = "paper"``, as the paper's §4.1 does:
+"mini-batches of validation data are randomly sampled from the training set"; LETS's default) or
+from the held-out split (``"clean"``, a labelled variant): :data:`PROTOCOL_SOURCE` names the
+trainer's stream. The training side ℓ_tr is evaluated on B^tr_t, the batch step t has just trained
+on (Algorithm 1, step 8), so under either protocol ℓ_tr is biased low against a fresh batch and the
+gap ℓ_vl − ℓ_tr is biased high (see :mod:`searchers.lets`, "same-batch bias").
 
 LETS's estimate (Algorithm 1 with Appendix A's chain rule; H = diag(ĝ²) stands in for the Hessian
 at θ_t + ρ ε̂)::

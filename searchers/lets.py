@@ -25,20 +25,50 @@ Choices and reconstructions (labelled as such):
 
 * Step 13 of Algorithm 1 is garbled ("g_ρ = −g_aᵀ g_b g_ρ") and step 14 is plain SGD on ρ while
   Table 10 says Adam with an exponential schedule; we follow Table 10 and METHODS.md §3: Adam on
-  ν = log ρ (keeps ρ > 0), bias-corrected, written out explicitly in float64 (deterministic).
+  ν = log ρ (natural log; keeps ρ > 0, §4.1: "ρ = exp(ν)"), bias-corrected, written out explicitly
+  in float64 (deterministic).
 * Adam learning rate: ``beta`` (Table 10: 1e-4) times ``gamma``^k with k the epoch index
   (``decay = "epoch"``, default) or the step index (``decay = "step"``). The paper names an
   "Exponential" schedule without a rate; our default ``gamma = 1.0`` (no decay) leaves ``beta`` the
   only knob — set e.g. ``gamma = 0.97`` for a per-epoch exponential decay. ``beta = 0`` freezes ν.
-* Validation batches (``protocol``): "clean" (default) draws B^vl from the held-out split; "paper"
-  draws it from the training set, as the paper does. Either way from a generator independent of the
-  training order, so the training batches are the SAM run's.
+* Adam's ε (``adam_eps_mode``; a **reconstruction** choice, the paper gives no ε for ρ's Adam).
+  ``"relative"`` (default): ν ← ν − lr m̂/(√v̂ (1 + ε)), i.e. ε = ``adam_eps``·√v̂ scales with the
+  hypergradient (no step while v̂ = 0). ``"absolute"`` (the earlier behaviour, and torch.optim.Adam's):
+  ν ← ν − lr m̂/(√v̂ + ε) with ε = ``adam_eps`` = 1e-8. Why: Adam's step is meant to be invariant to the
+  scale of its gradient, and only an absolute ε breaks that, once |dM/dν| ≲ ε. LETS's dM/dν =
+  −η_t ρ g_aᵀ diag(ĝ²) ε̂ has no natural unit: it shrinks with η_t (cosine → 0), ρ, ‖ĝ‖² and the gap;
+  on mnist1d-main (5 seeds) 23–43 % of |dM/dν| fell below 1e-8 late in training, so the absolute ε
+  silently became an extra, data-dependent decay of ν's step. The relative ε keeps ε's role (a
+  guard, now relative: 1e-8 of the running RMS), makes ν's trajectory exactly invariant to a
+  rescaling of every hypergradient, and, unlike feeding sign(dM/dν), keeps the magnitudes relative
+  to their running RMS.
+* How far ν can move (the β·T rule). With Adam every step moves ν by |Δν_t| = lr_t |m̂_t|/√v̂_t,
+  which is ≤ lr_t when the hypergradient keeps its sign and scale, and in general ≤ lr_t
+  (1 − β₁)/√(1 − β₂) ≈ 3.16 lr_t (Kingma & Ba 2015, §2.1). Over T updates, |ν_T − ν_0| ≲ Σ_t lr_t =
+  β·T without decay (β·Σ_k γ^k·steps-per-epoch with it), so ρ_T/ρ_0 ∈ [e^{−βT}, e^{βT}] in the typical
+  case, and only a hypergradient of constant sign reaches the ends. Pick β so that β·T spans the ρ range
+  to be searched: Table 10's β = 1e-4 over mnist1d-main's T = 1440 steps gives β·T = 0.14 (ρ within
+  ×/÷ 1.15 of ρ₀: it cannot move); β = 0.01 gives 14.4 (ample); the paper's ResNet-18 setup
+  (200 epochs × 391 steps) gives β·T ≈ 7.8 at 1e-4.
+* Validation batches (``protocol``): "paper" (default) draws B^vl from the training set, as the
+  paper does for every experiment (§4.1: "mini-batches of validation data are randomly sampled
+  from the training set"); "clean" draws it from the held-out split (a labelled variant). Either way
+  from a generator independent of the training order, so the training batches are the SAM run's.
+* Same-batch bias (a property of Algorithm 1, kept as published). Write Δ = ℓ_vl − ℓ_tr; then
+  dM/dρ = −η Δ ḡ_vlᵀ H ε̂ (validation term) + η Δ ḡ_trᵀ H ε̂ (train term), and step 8 evaluates ḡ_tr,
+  ℓ_tr on B^tr_t, the batch the step has just trained on: ḡ_tr is still aligned with ĝ and ε̂, and
+  ℓ_tr is low, so Δ > 0 and the train term is positive. Measured on mnist1d-main (5 seeds): the train
+  term is positive in 98 % of steps and 3.4× larger than the same term on a fresh training batch;
+  with the clean protocol the squared-gap hypergradient pushes ρ down in ~78 % of steps, whatever ρ₀
+  is, consistent with the falling ρ of LETS-SAM in the reports. ``reuse_next_grad`` below takes
+  the train side on the next, fresh batch, which removes this bias (its ρ rose instead).
 * ``reuse_next_grad`` (our 3-pass variant, not in the paper): ℓ_tr and ḡ_tr at θ_{t+1} are taken on
   the NEXT training batch B^tr_{t+1} — its first-pass gradient, which the trainer computes anyway —
   so step t's ρ update is applied at the start of step t+1 (before its perturbation) and the last
   step's update is dropped. 3 grad evals per step instead of 4.
 * Cost: 4 grad evals per step (2 SAM + 2 at θ_{t+1}). With ``metric = "val_loss"`` and a g_b that
-  does not need ḡ_tr (everything but literal-ASAM) the training pass at θ_{t+1} is skipped: 3.
+  does not need ḡ_tr (everything but literal-ASAM) the training pass at θ_{t+1} is skipped: 3. No
+  pass is differentiated twice (no ``create_graph``): each is one grad eval.
 * The extra passes freeze BN running statistics, ρ stays the float ρ₀ until ν first moves (exp(log ρ₀)
   may differ from ρ₀ in the last bit), so ``beta = 0`` reproduces SAM/ASAM at ρ₀ bit for bit on CPU.
 * ν non-finite, or exp(ν) overflowing to inf / underflowing to 0, raises :class:`Diverged`
@@ -79,9 +109,11 @@ class RhoLearnerParams:
     decay: str = spec_field("epoch", choices=["epoch", "step"], doc="beta_k = beta * gamma**k, k = epoch or step index")
     beta1: float = spec_field(0.9, lo=0.0, hi=1.0, hi_open=True, doc="Adam beta1")
     beta2: float = spec_field(0.999, lo=0.0, hi=1.0, hi_open=True, doc="Adam beta2")
-    adam_eps: float = spec_field(1e-8, lo=0.0, lo_open=True, doc="Adam epsilon")
+    adam_eps: float = spec_field(1e-8, lo=0.0, lo_open=True, doc="Adam epsilon (relative to sqrt(v_hat) or absolute: adam_eps_mode)")
+    adam_eps_mode: str = spec_field("relative", choices=["relative", "absolute"],
+                                    doc="relative: nu -= lr*m/(sqrt(v)*(1+eps)), scale-free; absolute: nu -= lr*m/(sqrt(v)+eps)")
     metric: str = spec_field("sq_gap", choices=list(METRICS), doc="upper objective M (Table 6 ablation)")
-    protocol: str = spec_field("clean", choices=list(PROTOCOL_SOURCE), doc="validation batches: clean = held-out split, paper = training set")
+    protocol: str = spec_field("paper", choices=list(PROTOCOL_SOURCE), doc="validation batches: paper = training set (LETS §4.1), clean = held-out split")
     xi: float = spec_field(0.01, lo=0.0, doc="ASAM's xi in T = |theta| + xi (ASAM variants only)")
 
 
@@ -89,20 +121,23 @@ class RhoLearner:
     """ν = log ρ updated by bias-corrected Adam on dM/dν; ρ kept as a Python float.
 
     ``rho`` is exactly ρ₀ until ν first changes (so a frozen learner perturbs with ρ₀ bit for bit).
+    ``lr_scale`` multiplies the learning rate (the exact hypergradient's budget matching: one update
+    every U steps at U·β moves ν as far as LETS's U updates at β).
     """
 
-    def __init__(self, rho0: float, p: RhoLearnerParams, who: str = "rho"):
-        self.p, self.who = p, who
+    def __init__(self, rho0: float, p: RhoLearnerParams, who: str = "rho", lr_scale: float = 1.0):
+        self.p, self.who, self.lr_scale = p, who, float(lr_scale)
         self.rho = float(rho0)
         self.nu = math.log(self.rho)
         self.m = self.v = 0.0
         self.k = 0  # Adam updates taken
 
     def lr(self, step: int, epoch: int) -> float:
-        return self.p.beta * self.p.gamma ** (epoch if self.p.decay == "epoch" else step)
+        return self.lr_scale * self.p.beta * self.p.gamma ** (epoch if self.p.decay == "epoch" else step)
 
     def update(self, dM_dnu: float, step: int, epoch: int) -> None:
-        """One Adam step ν ← ν − lr m̂/(√v̂ + eps); raises Diverged when ν or ρ stops being usable."""
+        """One Adam step ν ← ν − lr m̂/(√v̂ (1 + ε)) (relative ε) or ν − lr m̂/(√v̂ + ε) (absolute);
+        raises Diverged when ν or ρ stops being usable."""
         lr = self.lr(step, epoch)
         if lr == 0.0:  # frozen: ρ stays exactly what it is
             return
@@ -114,7 +149,12 @@ class RhoLearner:
         self.v = p.beta2 * self.v + (1 - p.beta2) * dM_dnu * dM_dnu
         m_hat = self.m / (1 - p.beta1 ** self.k)
         v_hat = self.v / (1 - p.beta2 ** self.k)
-        nu = self.nu - lr * m_hat / (math.sqrt(v_hat) + p.adam_eps)
+        if p.adam_eps_mode == "relative":
+            denom = math.sqrt(v_hat) * (1.0 + p.adam_eps)
+            step_nu = lr * m_hat / denom if denom > 0.0 else 0.0  # v̂ = 0: every dM/dν so far was 0
+        else:
+            step_nu = lr * m_hat / (math.sqrt(v_hat) + p.adam_eps)
+        nu = self.nu - step_nu
         if not math.isfinite(nu):
             raise Diverged(f"{self.who}: nu = log(rho) became non-finite ({nu}) at step {step}")
         if nu != self.nu:

@@ -3,10 +3,10 @@
 Layers, bottom to top (a module may import its own layer or lower ones; cycles are refused too):
 
 0. leaves: errors, identity, registry, ledger, perturbation, seeds, sgd, progress, storage_url,
-   store, trial, selection (the last two are pure: no torch)
+   store, trial, selection, stats (the last three are pure: no torch), loggers
 1. models, data, the strategy protocol and registry (strategy), the upper objective (upper)
 2. config (the spec, validated against the registries)
-3. trainer, hypergrad
+3. trainer, hypergrad, checkpoint (mid-run checkpoints of a trainer)
 4. strategies in searchers/ (plugins found through an entry point), execute
 5. population, pool, preflight
 6. engines
@@ -30,12 +30,12 @@ MAX_LINES = 500
 
 LAYERS = {
     0: ["errors", "identity", "registry", "ledger", "perturbation", "seeds", "sgd", "progress", "storage_url", "store",
-        "trial", "selection"],
+        "trial", "selection", "fields", "stats", "loggers"],
     1: ["models", "data", "strategy", "upper"],
     2: ["config"],
-    3: ["trainer", "hypergrad"],
+    3: ["trainer", "hypergrad", "checkpoint"],
     4: ["execute", "searchers"],
-    5: ["population", "pool", "preflight"],
+    5: ["population", "pool", "preflight", "units"],
     6: ["engines"],
     7: ["search", "searchers.searches"],
     8: ["experiment", "fidelity", "report", "summary", "searchers.__init__"],

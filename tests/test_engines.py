@@ -54,7 +54,7 @@ def test_every_registered_engine_is_an_engine():
 
 
 def test_every_search_kind_is_registered():
-    assert list_search_kinds() == ["asha", "grid", "sweep", "tpe"]
+    assert list_search_kinds() == ["asha", "grid", "pb2", "pbt", "sweep", "tpe"]
     for name in list_search_kinds():
         kind = get_search_kind(name)
         assert issubclass(kind, SearchKind) and kind.name == name and kind.summary_doc
@@ -89,43 +89,116 @@ def test_engine_parity_local_optuna_ray(tmp_path, ray_session):
 
 # ----------------------------------------------------------------------------- resume
 
-def test_optuna_grid_resumes_interrupted_study_exactly_once(tmp_path):
+def _killed_driver_state(store, cfg, trials):
+    """The study a SIGKILLed driver leaves: point 0 trained (row written) but killed between set_user_attr and
+    tell; point 1 popped and never trained; point 2 enqueued twice (two drivers at once)."""
+    from hpo_bench.engines.common import set_name
+    from hpo_bench.engines.optuna_storage import this_machine
+    from hpo_bench.execute import execute_trial
+
+    engine = get_engine("optuna", cfg, store.root)
+    study = engine._study(engine._study_name(set_name(trials[0].method, "points", [t.run_id for t in trials])))
+    dead = f"{this_machine()}/{__import__('os').getpid()}/0"  # this pid, another start time: a dead process
+    row = execute_trial(trials[0], store)
+    for trial in (trials[0], trials[1], trials[2], trials[2]):
+        study.enqueue_trial({"rho": trial.rho, "seed": trial.seed}, user_attrs={"run_id": trial.run_id})
+    for trial, attrs in ((trials[0], {"status": "ok", "test_acc": 0.5}), (trials[1], {})):
+        popped = study.ask()
+        assert popped.user_attrs["run_id"] == trial.run_id
+        for key, value in {"owner": dead, **attrs}.items():
+            popped.set_user_attr(key, value)
+    return row
+
+
+def test_optuna_grid_reconciles_a_killed_driver_exactly_once(tmp_path):
     import optuna
     from optuna.trial import TrialState
 
     from hpo_bench.engines.optuna_engine import storage_for
 
-    spec = tiny_spec("optuna")
+    spec = tiny_spec("optuna", grid=(0.02, 0.2), seeds=(0, 1))
     cfg = SearchConfig(**spec.methods[0].search)
     trials = grid_trials(spec, spec.methods[0], {}, "grid/optuna")
     store = ResultsStore(tmp_path / "run")
-
-    eng = get_engine("optuna", cfg, store.root)
-    drive = eng._drive
-    eng._drive = lambda job, n, progress=None: drive(job, 2, progress)  # the process "dies" after 2 trials
-    with pytest.raises(RuntimeError, match="no result"):
-        eng.run_trials(trials, store)
-    assert len(store.done_ids()) == 2
-    first = {rid: store.load_row(rid)["finished_at"] for rid in store.done_ids()}
-    study_name = optuna.get_all_study_names(storage_for("", store.root))[0]
-    study = optuna.load_study(study_name=study_name, storage=storage_for("", store.root))
-    study.ask()  # a worker popped a point and was SIGKILLed: the trial stays RUNNING forever
+    row = _killed_driver_state(store, cfg, trials)
 
     rows = get_engine("optuna", cfg, store.root).run_trials(trials, store)
     runs = store.consolidate()
     assert len(rows) == 4 and len(runs) == 4 and not runs.duplicated(["rho0", "seed"]).any()
-    assert all(store.load_row(rid)["finished_at"] == t for rid, t in first.items())  # not re-trained
-    study = optuna.load_study(study_name=study_name, storage=storage_for("", store.root))
+    assert store.load_row(trials[0].run_id)["finished_at"] == row["finished_at"]  # reconciled, not retrained
+    storage = storage_for("", store.root)
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
     complete = [t.user_attrs["run_id"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
     assert sorted(complete) == sorted(t.run_id for t in trials)  # each point COMPLETE exactly once
-    failed = study.get_trials(states=(TrialState.FAIL,))
-    assert len(failed) == 1 and failed[0].user_attrs["reason"] == "interrupted"
+    reasons = sorted(t.user_attrs.get("reason") for t in study.get_trials(states=(TrialState.FAIL,)))
+    assert reasons == ["duplicate", "interrupted", "interrupted"]
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert t.params["rho"] in (0.02, 0.2) and t.intermediate_values and t.user_attrs["owner"]
+    assert study.metric_names == ["val_acc"] and study.user_attrs["kind"] == "grid"
 
     # A third run trains nothing and adds no Optuna trial.
     n = len(study.trials)
     get_engine("optuna", cfg, store.root).run_trials(trials, store)
-    assert len(optuna.load_study(study_name=study_name, storage=storage_for("", store.root)).trials) == n
+    assert len(optuna.load_study(study_name=study.study_name, storage=storage).trials) == n
     assert len(store.consolidate()) == 4
+
+
+def test_two_drivers_share_one_journal_study_exactly_once(tmp_path):
+    """Two drivers (threads here) on one journal study: every point COMPLETE once, one row each."""
+    import threading
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from hpo_bench.engines.optuna_engine import storage_for
+
+    spec = tiny_spec("optuna", grid=(0.01, 0.03, 0.1, 0.3), seeds=(0, 1), epochs=1)
+    cfg = SearchConfig(**spec.methods[0].search)
+    trials = grid_trials(spec, spec.methods[0], {}, "grid/optuna")
+    store = ResultsStore(tmp_path / "run")
+    results, errors = [], []
+
+    def drive():
+        try:
+            results.append(get_engine("optuna", cfg, store.root).run_trials(trials, ResultsStore(store.root)))
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=drive) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors and len(results) == 2 and all(len(r) == 8 for r in results)
+    runs = store.consolidate()
+    assert len(runs) == 8 and runs["run_id"].is_unique
+    storage = storage_for("", store.root)
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+    complete = [t.user_attrs["run_id"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    assert sorted(complete) == sorted(t.run_id for t in trials)
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    assert {t.user_attrs.get("reason") for t in study.get_trials(states=(TrialState.FAIL,))} <= {"duplicate"}
+
+
+def test_optuna_grid_runs_through_the_experiments_pool(tmp_path, monkeypatch):
+    """With as many pool processes as search workers, the grid's runs go to that pool (no new processes)."""
+    from hpo_bench.engines import optuna_engine
+    from hpo_bench.pool import TrialPool
+    from hpo_bench.progress import RunProgress
+
+    def no_new_pool(*a, **k):
+        raise AssertionError("the Optuna grid started processes of its own")
+
+    spec = tiny_spec("optuna", workers=2)
+    store = ResultsStore(tmp_path / "run")
+    _, local, _ = search_rows("local", tmp_path)
+    monkeypatch.setattr(optuna_engine, "TrialPool", no_new_pool)
+    with TrialPool(2, None) as pool, RunProgress(enabled=False) as progress:
+        run_search(spec, spec.methods[0], {}, store, None, progress, pool)
+        assert pool._executor is not None
+    assert progress.done == 4 and progress.batch_done == 4  # a line per run, with the ETA of the batch
+    pd.testing.assert_frame_equal(by_point(local), by_point(store.consolidate()))
 
 
 def test_ray_grid_rerun_runs_only_missing_trials(tmp_path, ray_session):

@@ -90,7 +90,7 @@ def test_recompute_mode_equals_the_full_unroll(K, kind, with_momentum, metric):
     assert ref.dM_dnu != 0.0
     assert res.dM_dnu == pytest.approx(ref.dM_dnu, rel=1e-10, abs=1e-14)
     assert res.M == pytest.approx(ref.M, rel=1e-12)
-    assert ledger.grad_evals == 6 * K + 2
+    assert ledger.grad_evals == 8 * K + (1 if metric == "val_loss" else 2)  # a double backward is charged 2
 
 
 @pytest.mark.parametrize("metric", ["gap", "val_loss"])
@@ -152,7 +152,7 @@ def test_unroll_does_not_touch_model_and_charges_ledger():
     for impl in (hypergrad_higher, hypergrad_func):
         impl(model, state, batches, val, lrs, rho=0.1, ledger=ledger)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in snap.items())
-    assert ledger.grad_evals == 2 * (4 * 3 + 2)
+    assert ledger.grad_evals == 2 * (6 * 3 + 2)  # 2K forward + 2 (M) + 4K: the double backward, 2 per gradient call
 
 
 # ----------------------------------------------------------------------------- the online strategy
@@ -184,16 +184,16 @@ def test_hypergrad_sam_unroll_leaves_params_bn_and_momentum_untouched():
         assert all(torch.equal(a, p) for a, p in zip(params, tr.params))
         assert all(torch.equal(b, dict(tr.model.named_buffers())[k]) for k, b in buffers.items())
         assert all(torch.equal(m, tr.optimizer.state[p]["momentum_buffer"]) for m, p in zip(mom, tr.params))
-        assert tr.ledger.grad_evals - evals == 2 + (4 * 3 + 2)
+        assert tr.ledger.grad_evals - evals == 2 + (6 * 3 + 2)
         assert tr.strategy.learner.rho != rho_before and math.isfinite(tr.strategy.dM_dnu)
 
 
-def test_hypergrad_sam_charges_two_per_step_plus_4k_plus_2_per_unroll():
+def test_hypergrad_sam_charges_two_per_step_plus_6k_plus_2_per_unroll():
     b = make_trainer("hypergrad-sam", 0.05, {"beta": 0.0, "every": 3, "unroll": 2})
     rb = b.fit()
     assert rb.status == "ok"
     n_unrolls = b.total_steps // 3
-    assert rb.ledger["grad_evals"] == 2 * b.total_steps + n_unrolls * (4 * 2 + 2)
+    assert rb.ledger["grad_evals"] == 2 * b.total_steps + n_unrolls * (6 * 2 + 2)
     assert rb.summary["n_unrolls"] == n_unrolls
 
 
@@ -205,13 +205,52 @@ def test_hypergrad_sam_learns_rho_and_huge_beta_diverges():
     assert res.status == "diverged" and "rho" in res.reason
 
 
-def test_hypergrad_sam_impls_learn_the_same_rho_and_recompute_is_charged_6k_plus_2():
+def test_hypergrad_sam_impls_learn_the_same_rho_and_recompute_is_charged_8k_plus_2():
     params = {"beta": 0.05, "every": 2, "unroll": 3}
     runs = {impl: make_trainer("hypergrad-sam", 0.05, {**params, "impl": impl}, dtype="float64").fit() for impl in ("higher", "recompute")}
     a, b = runs["higher"], runs["recompute"]
     assert a.status == b.status == "ok" and a.summary["n_unrolls"] == b.summary["n_unrolls"] > 0
     assert b.summary["rho_final"] == pytest.approx(a.summary["rho_final"], rel=1e-9) and a.summary["rho_final"] != 0.05
     assert b.ledger["grad_evals"] - a.ledger["grad_evals"] == a.summary["n_unrolls"] * 2 * 3
+
+
+def test_double_backward_is_charged_at_least_what_it_computes(monkeypatch):
+    """Each impl's charge covers the calls it makes, a backward through create_graph graphs counting 2 per call."""
+    from hpo_bench.ledger import Ledger
+    from tests.test_strategy_contract import CountingAutograd
+
+    model, state, batches, val, lrs = setup_problem(3)
+    for impl in (hypergrad_higher, hypergrad_func, hypergrad_recompute):
+        ledger = Ledger()
+        counter = CountingAutograd(monkeypatch)
+        impl(model, state, batches, val, lrs, rho=0.1, ledger=ledger)
+        assert counter.calls > counter.n_calls  # the reverse pass is second order
+        assert ledger.grad_evals >= counter.calls, (impl.__name__, ledger.grad_evals, counter.calls)
+        monkeypatch.undo()
+
+
+def test_budget_match_scales_the_nu_learning_rate_by_every():
+    """One update every U steps at U·β: ν can move β·T over a run, as LETS's T updates at β."""
+    matched = make_trainer("hypergrad-sam", 0.05, {"beta": 0.01, "every": 4, "unroll": 1})
+    matched.strategy.setup(matched)
+    assert matched.strategy.learner.lr(step=0, epoch=0) == pytest.approx(0.04)
+    plain = make_trainer("hypergrad-sam", 0.05, {"beta": 0.01, "every": 4, "unroll": 1, "budget_match": False})
+    plain.strategy.setup(plain)
+    assert plain.strategy.learner.lr(step=0, epoch=0) == pytest.approx(0.01)
+    # each Adam update moves ν by at most lr·(1 − β₁)/√(1 − β₂) (Kingma & Ba §2.1), lr = U·β here
+    res = make_trainer("hypergrad-sam", 0.05, {"beta": 0.01, "every": 4, "unroll": 1}).fit()
+    n_updates = res.summary["n_unrolls"]
+    assert 0 < abs(math.log(res.summary["rho_final"] / 0.05)) <= 4 * 0.01 * n_updates * 0.1 / math.sqrt(0.001)
+
+
+def test_samples_and_validation_batches_are_averaged_and_charged():
+    b = make_trainer("hypergrad-sam", 0.05, {"beta": 0.0, "every": 4, "unroll": 2, "samples": 3, "val_batches": 2})
+    rb = b.fit()
+    assert rb.status == "ok"
+    n_updates = b.total_steps // 4
+    assert rb.summary["n_unrolls"] == 3 * n_updates
+    # per unroll 6K + m with m = 2 (validation batch of 2B) + 1 (training batch)
+    assert rb.ledger["grad_evals"] == 2 * b.total_steps + 3 * n_updates * (6 * 2 + 3)
 
 
 # ----------------------------------------------------------------------------- fidelity

@@ -119,9 +119,9 @@ def test_metric_gradient_matches_autograd_of_M(metric):
     assert float(M) == pytest.approx(float(M_ref.detach()), rel=1e-14)
 
 
-@pytest.mark.parametrize("lets,base,rho,protocol", [("lets-sam", "sam", 0.05, "paper"), ("lets-asam", "asam", 0.5, "paper")])
-def test_paper_protocol_with_beta_zero_is_sam_and_costs_four_per_step(lets, base, rho, protocol):
-    """The contract test checks the default protocol's reduction; this one the training-set validation stream."""
+@pytest.mark.parametrize("lets,base,rho,protocol", [("lets-sam", "sam", 0.05, "clean"), ("lets-asam", "asam", 0.5, "clean")])
+def test_clean_protocol_with_beta_zero_is_sam_and_costs_four_per_step(lets, base, rho, protocol):
+    """The contract test checks the default (paper) protocol's reduction; this one the held-out validation stream."""
     a = make_trainer(base, rho, epochs=3)
     ra = a.fit()
     b = make_trainer(lets, rho, {"beta": 0.0, "protocol": protocol}, epochs=3)
@@ -163,8 +163,11 @@ def test_rho_learner_adam_step_schedule_and_divergence():
     p = RhoLearnerParams(beta=0.01, gamma=0.5, decay="epoch")
     lrn = RhoLearner(0.05, p)
     assert lrn.rho == 0.05  # exactly rho0 until nu moves
-    lrn.update(3e-7, step=0, epoch=0)  # first bias-corrected Adam step: Δν = −lr·g/(|g| + eps)
-    assert lrn.nu == pytest.approx(math.log(0.05) - 0.01 * 3e-7 / (3e-7 + 1e-8), rel=1e-12)
+    lrn.update(3e-7, step=0, epoch=0)  # first bias-corrected Adam step, relative ε: Δν = −lr·g/(|g|(1 + eps))
+    assert lrn.nu == pytest.approx(math.log(0.05) - 0.01 / (1 + 1e-8), rel=1e-12)
+    old = RhoLearner(0.05, RhoLearnerParams(beta=0.01, adam_eps_mode="absolute"))
+    old.update(3e-7, step=0, epoch=0)  # the absolute ε (torch.optim.Adam's): Δν = −lr·g/(|g| + eps)
+    assert old.nu == pytest.approx(math.log(0.05) - 0.01 * 3e-7 / (3e-7 + 1e-8), rel=1e-12)
     assert lrn.rho == pytest.approx(math.exp(lrn.nu), rel=1e-15) and lrn.rho < 0.05  # dM/dν > 0 shrinks ρ
     assert lrn.lr(step=100, epoch=3) == pytest.approx(0.01 * 0.5 ** 3)
     assert RhoLearner(0.05, RhoLearnerParams(beta=0.01, gamma=0.5, decay="step")).lr(step=4, epoch=0) == pytest.approx(0.01 / 16)
@@ -177,11 +180,40 @@ def test_rho_learner_adam_step_schedule_and_divergence():
         RhoLearner(0.05, RhoLearnerParams(beta=1e10)).update(-1.0, 0, 0)  # exp(1e10) overflows
 
 
+def test_relative_adam_eps_makes_nu_invariant_to_the_hypergradient_scale():
+    """Relative ε: the ν trajectory is the same for dM/dν and 1e-12·dM/dν (LETS's late-training magnitudes
+    fall below 1e-8); the absolute ε shrinks the steps of the tiny ones instead."""
+    g = torch.Generator().manual_seed(0)
+    grads = (torch.randn(300, generator=g, dtype=torch.float64) + 0.3).tolist()
+    p = RhoLearnerParams(beta=0.01)
+    big, tiny = RhoLearner(0.05, p), RhoLearner(0.05, p)
+    for t, x in enumerate(grads):
+        big.update(x, t, 0)
+        tiny.update(1e-12 * x, t, 0)
+        assert tiny.nu == pytest.approx(big.nu, rel=1e-9, abs=1e-12)
+    old_big, old_tiny = (RhoLearner(0.05, RhoLearnerParams(beta=0.01, adam_eps_mode="absolute")) for _ in range(2))
+    for t, x in enumerate(grads):
+        old_big.update(x, t, 0)
+        old_tiny.update(1e-12 * x, t, 0)
+    drift = lambda lrn: abs(lrn.nu - math.log(0.05))
+    assert drift(old_tiny) < 1e-3 * drift(old_big)  # the absolute ε stalls ν
+    assert drift(big) <= 0.01 * len(grads) * 0.1 / math.sqrt(0.001)  # |Δν| ≤ β(1 − β₁)/√(1 − β₂) per update
+    steady = RhoLearner(0.05, p)
+    for t in range(100):
+        steady.update(1e-12, t, 0)  # constant sign and scale: |Δν| = β per update, ν moves β·T
+    assert math.log(0.05) - steady.nu == pytest.approx(0.01 * 100, rel=1e-6)
+    zero = RhoLearner(0.05, p)
+    zero.update(0.0, 0, 0)
+    assert zero.rho == 0.05  # v̂ = 0: no step, no 0/0
+
+
 def test_spec_validation_of_lets_params():
     raw = {"name": "x", "methods": [{"strategy": "lets-sam", "rho": 0.05, "params": {"gb": "literal", "metric": "gap"}}]}
     spec = validate_spec(raw)
     assert spec.methods[0].params["gb"] == "literal" and spec.methods[0].params["beta"] == 1e-4
-    for bad in ({"metric": "loss"}, {"beta": -1.0}, {"gamma": 0.0}, {"protocol": "test"}, {"gb": "x"}):
+    assert spec.methods[0].params["protocol"] == "paper" and spec.methods[0].params["adam_eps_mode"] == "relative"
+    for bad in ({"metric": "loss"}, {"beta": -1.0}, {"gamma": 0.0}, {"protocol": "test"}, {"gb": "x"},
+                {"adam_eps_mode": "none"}):
         raw["methods"][0]["params"] = bad
         with pytest.raises(SpecError, match="methods\\[0\\].params"):
             validate_spec(raw)

@@ -10,7 +10,7 @@ from torch.func import stack_module_state
 from hpo_bench.models import create_model, list_models, stacked_forward
 
 SHAPES = {"linear": (40,), "tiny_bn": (6,), "mnist1d_mlp": (40,), "mnist1d_cnn": (40,),
-          "resnet18": (3, 32, 32), "wrn28_10": (3, 32, 32)}
+          "resnet18": (3, 32, 32), "wrn28_10": (3, 32, 32), "fmnist_cnn": (1, 28, 28), "fmnist_resnet": (1, 28, 28)}
 
 
 def test_registry_lists_all_models():

@@ -47,7 +47,7 @@ strategy = "lets-sam"
 rho = 0.05
 params = {{ beta = 0.01 }}
 """
-N_RUNS = 2 + 4 + 2 + 2
+N_RUNS = 2 + 4 + 2 + 2 + 2  # ERM, grid (2 rho x 2 selection seeds), its 2 evaluation runs, rho_from, LETS
 METRICS = ["best_val_acc", "test_acc", "last_train_loss", "last_val_loss", "last_test_loss", "grad_evals", "rho_final"]
 
 
@@ -72,6 +72,19 @@ def test_concurrent_rows_equal_sequential_rows(tmp_path):
     searches = par_store.read_table("searches")
     assert list(searches["method"]) == ["Grid SAM"] and searches["rho_star"].iloc[0] in (0.02, 0.2)
     assert set(par.loc[par["method"] == "SAM at rho*", "rho0"]) == {searches["rho_star"].iloc[0]}
+
+
+def test_plain_methods_train_their_seeds_as_one_population_unless_told_not_to(tmp_path):
+    spec = load_spec(write_spec(tmp_path, epochs=1))
+    runs = run_experiment(spec, ResultsStore(tmp_path / "pop"), show_progress=False, jobs=2)
+    plain = runs[runs["search"] == ""]
+    assert (plain["batched_group"] == len(spec.seeds)).all(), plain[["method", "batched_group"]]
+    path = tmp_path / "one.toml"
+    path.write_text(SPEC.format(epochs=1).replace('strategy = "erm"', 'strategy = "erm"\nbatched = false'))
+    runs = run_experiment(load_spec(path), ResultsStore(tmp_path / "one"), show_progress=False, jobs=2)
+    erm = runs[runs["method"] == "ERM"]
+    assert erm["batched_group"].isna().all() if "batched_group" in erm else True
+    assert (runs.loc[runs["method"] == "LETS-SAM", "batched_group"] == 2).all()
 
 
 def _children(pid: int) -> list[int]:

@@ -105,7 +105,8 @@ def _search_spec(engine: str) -> str:
 
 @pytest.mark.slow
 def test_sigkill_optuna_sweep_then_rerun_completes_each_run_once(tmp_path):
-    run_dir = kill_and_resume(tmp_path, _search_spec("optuna"), expected_runs=6 + 8, kills=3, seed=2)
+    # 3 plain methods x 2 seeds, the grid's 4 x 2 selection runs, the 2 evaluation runs at rho*
+    run_dir = kill_and_resume(tmp_path, _search_spec("optuna"), expected_runs=6 + 8 + 2, kills=3, seed=2)
     import optuna
 
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal")))
@@ -117,4 +118,71 @@ def test_sigkill_optuna_sweep_then_rerun_completes_each_run_once(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_ray_sweep_then_rerun_completes_each_run_once(tmp_path):
-    kill_and_resume(tmp_path, _search_spec("ray"), expected_runs=6 + 8, kills=3, seed=3, window=(5.0, 14.0))
+    kill_and_resume(tmp_path, _search_spec("ray"), expected_runs=6 + 8 + 2, kills=3, seed=3, window=(5.0, 14.0))
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """Every process below ``pid`` (from /proc) with its name."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = {}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                try:
+                    out[child] = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+                except OSError:
+                    out[child] = "?"
+                todo.append(child)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")  # idle; Ray lets them outlive a killed raylet a while
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["optuna", "ray"])
+def test_a_killed_driver_takes_its_workers_with_it(tmp_path, engine):
+    """SIGKILL of the driver alone (not its group): its pool workers (Optuna grid) or the Ray instance it
+    started, and so every trial worker, die with it; nothing keeps training to race a re-run."""
+    text = (TINY.replace("seeds = [0]", "seeds = [0, 1]").replace("epochs = 2", "epochs = 40")
+            + f'\n[[methods]]\nlabel = "Grid {engine}"\nstrategy = "sam"\n[methods.search]\nkind = "grid"\n'
+              f'engine = "{engine}"\ngrid = [0.01, 0.1]\nworkers = 2\n')
+    spec = write_spec(tmp_path, text)
+    out = tmp_path / "o"
+    p = _cli(["run", str(spec), "--out", str(out), "--no-progress", "--jobs", "2"], start_new_session=True)
+    deadline = time.time() + 240
+    while not any("Grid" in f.read_text() for f in out.glob("*/trials/*.json")):  # the search is training
+        assert p.poll() is None, p.stdout.read().decode()
+        assert time.time() < deadline, "the search did not start in time"
+        time.sleep(0.2)
+    workers = _descendants(p.pid)
+    assert workers
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    try:
+        deadline = time.time() + 30
+        left = workers
+        while time.time() < deadline:
+            left = {w: name for w, name in workers.items() if _alive(w) and not name.startswith(RAY_AGENTS)}
+            if not left:
+                break
+            time.sleep(0.5)
+        assert not left, f"outlived their killed driver: {left}"
+    finally:
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)

@@ -5,9 +5,11 @@ fails until it declares its :class:`~hpo_bench.strategy.Reduction`.
 
 * reduction: under its declared parameters the strategy trains exactly like the declared target
   (weights, BN running statistics, per-epoch metrics), bit for bit on CPU;
-* ledger: a run is charged at least one grad eval per gradient it really takes (every
-  ``torch.autograd.grad`` / ``backward`` call is counted), and the reduced run at least what the
-  target is charged;
+* ledger: a run is charged at least what the gradients it really takes compute: every
+  ``torch.autograd.grad`` / ``backward`` call counts 1, and a call whose backward runs through the
+  graph of earlier ``create_graph=True`` gradient calls (a double backward, e.g. the exact
+  hypergradient's reverse pass through an unroll) counts 2 per such call it differentiates
+  (:mod:`hpo_bench.ledger`); the reduced run is charged at least what the target is;
 * ``trace()`` / ``summary()``: string keys, finite float summary values (``rho_final`` may be NaN
   only for ERM); the same trace keys at every traced step, float values, never infinite (NaN marks a
   value not computed at that step, e.g. the hypergradient between unrolls);
@@ -31,19 +33,80 @@ def _rho(name: str) -> float:
     return RHO["asam"] if "asam" in name else RHO["sam"]
 
 
-class _CountingAutograd:
-    """Counts the gradient computations of a block: ``torch.autograd.grad`` and ``torch.autograd.backward``."""
+def _as_list(tensors) -> list:
+    if tensors is None:
+        return []
+    return [tensors] if isinstance(tensors, torch.Tensor) else list(tensors)
+
+
+class CountingAutograd:
+    """Counts what the gradient computations of a block compute, in grad evals.
+
+    Every ``torch.autograd.grad`` / ``torch.autograd.backward`` call counts 1, unless its backward runs
+    through the graph of m ≥ 1 earlier ``create_graph=True`` gradient calls: then it counts 2m (a
+    double backward per such call, the ledger's unit). A node is run by a call iff it is reachable
+    from the call's outputs and leads to one of its inputs (``grad``) or to any leaf (``backward``);
+    the nodes behind an input are not run, so a first-order gradient at a point that merely depends
+    on an earlier gradient (SAM's θ + ρ g/‖g‖) still counts 1.
+    """
 
     def __init__(self, monkeypatch):
-        self.calls = 0
+        self.calls = 0  # the count in grad evals
+        self.n_calls = 0  # the number of calls
+        self.second_order: dict = {}  # grad_fn node of a create_graph output -> index of that call
+        self.keep: list = []  # strong references: node identity must not be reused while counting
         for name in ("grad", "backward"):
             original = getattr(torch.autograd, name)
 
-            def counted(*args, _original=original, **kwargs):
-                self.calls += 1
-                return _original(*args, **kwargs)
+            def counted(*args, _original=original, _name=name, **kwargs):
+                self.calls += self._cost(_name, args, kwargs)
+                self.n_calls += 1
+                out = _original(*args, **kwargs)
+                if _name == "grad" and self._arg(args, kwargs, "create_graph", 4, False):
+                    for t in _as_list(out):
+                        if t is not None and t.grad_fn is not None:
+                            self.second_order[t.grad_fn] = self.n_calls
+                            self.keep.append(t.grad_fn)
+                return out
 
             monkeypatch.setattr(torch.autograd, name, counted)
+
+    @staticmethod
+    def _arg(args, kwargs, key, pos, default):
+        return kwargs[key] if key in kwargs else (args[pos] if len(args) > pos else default)
+
+    def _cost(self, name, args, kwargs) -> int:
+        outputs = _as_list(self._arg(args, kwargs, "outputs" if name == "grad" else "tensors", 0, None))
+        inputs = _as_list(self._arg(args, kwargs, "inputs", 1 if name == "grad" else 99, None))
+        if not self.second_order:
+            return 1
+        targets = set()
+        for t in inputs:  # an input's gradient is taken at its edge: its own grad_fn is not run
+            targets.add(t.grad_fn if t.grad_fn is not None else ("leaf", id(t)))
+        leads: dict = {}  # node -> whether the call runs it (it leads to a target)
+        roots = [t.grad_fn for t in outputs if t.grad_fn is not None]
+        stack = [(n, False) for n in roots]
+        while stack:  # iterative post-order DFS
+            node, expanded = stack.pop()
+            if node in leads and not expanded:
+                continue
+            children = [c for c, _ in node.next_functions if c is not None]
+            if not expanded:
+                leads.setdefault(node, False)
+                stack.append((node, True))
+                stack.extend((c, False) for c in children if c not in leads and c not in targets)
+                continue
+            hit = False
+            for c in children:
+                if c in targets or (not targets and type(c).__name__ == "AccumulateGrad"):
+                    hit = True
+                elif targets and type(c).__name__ == "AccumulateGrad" and ("leaf", id(c.variable)) in targets:
+                    hit = True
+                elif leads.get(c, False):
+                    hit = True
+            leads[node] = hit
+        reached = {self.second_order[n] for n, run in leads.items() if run and n in self.second_order}
+        return 2 * len(reached) if reached else 1
 
 
 def _fit(name: str, rho: float, params: dict | None = None, seed: int = 0):
@@ -92,10 +155,10 @@ def test_reduction_is_bit_for_bit(strategy_name):
 
 
 def test_ledger_charges_every_gradient_taken(strategy_name, monkeypatch):
-    counter = _CountingAutograd(monkeypatch)
+    counter = CountingAutograd(monkeypatch)
     res, tr = _fit(strategy_name, _rho(strategy_name))
     assert res.status == "ok", res.reason
-    assert counter.calls >= tr.total_steps  # at least the first pass of every step
+    assert counter.n_calls >= tr.total_steps  # at least the first pass of every step
     assert res.ledger["grad_evals"] >= counter.calls, (res.ledger["grad_evals"], counter.calls)
     assert res.ledger["fwd_evals"] > 0 and res.ledger["wall_s"] > 0
 

@@ -63,6 +63,14 @@ class Engine(ABC):
         self.pool = pool if pool is not None else TrialPool(1, device)
         self.workers = search_cfg.workers or self.pool.jobs  # concurrent trials; search.workers = 0: --jobs
 
+    @classmethod
+    def warm_up(cls, search_cfg) -> None:
+        """Start, in the background, what this engine's searches will need (while other runs train)."""
+
+    @classmethod
+    def cool_down(cls) -> None:
+        """Release what :meth:`warm_up` started, once the experiment's last search on this engine is done."""
+
     @abstractmethod
     def run_trials(self, trials: list[Trial], store, progress=None) -> list[dict]:
         """Run every trial not yet in ``store``; return the rows of all ``trials``, in order."""

@@ -48,7 +48,8 @@ class Curves:
 
 
 def fig_rho(res, settings, entries, curves):
-    plain = [e for e in entries if e.kind == "plain"]
+    """ρ_t of every run that traces it (LETS, the exact hypergradient, PBT's members), mean over seeds per ρ₀."""
+    plain = [e for e in entries if e.kind in ("plain", "search")]
     step = curves.get("step")
     ids = set(step.loc[step["metric"] == "rho", "run_id"]) if len(step) else set()
     if not ids:

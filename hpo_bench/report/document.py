@@ -23,10 +23,37 @@ def _key_value(v) -> str:
     return str(v)
 
 
-def _pct(mean, std, n: int) -> str:
-    if n == 0 or mean is None or pd.isna(mean):
+def _num(v, digits: int = 2, signed: bool = False) -> str:
+    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+
+
+def _ci(interval, scale: float = 100.0, digits: int = 2, signed: bool = False) -> str:
+    """'est [low, high]' of a stats.Interval times scale; the estimate alone without an interval; '—' without one."""
+    if interval is None or pd.isna(interval.estimate):
         return "—"
-    return f"{100 * mean:.2f} ± {100 * (0.0 if pd.isna(std) else std):.2f}"
+    text = _num(scale * interval.estimate, digits, signed)
+    if interval.has_ci:
+        text += f" [{_num(scale * interval.low, digits, signed)}, {_num(scale * interval.high, digits, signed)}]"
+    return text
+
+
+def _pct(mean, ci=None) -> str:
+    """Mean accuracy in % with its 95 % interval (when it has one)."""
+    if mean is None or pd.isna(mean):
+        return "—"
+    text = f"{100 * mean:.2f}"
+    if ci is not None and ci.has_ci:
+        text += f" [{100 * ci.low:.2f}, {100 * ci.high:.2f}]"
+    return text
+
+
+def _p(p: float, n: int) -> str:
+    """A p-value with the number of pairs behind it."""
+    if n == 0:
+        return "— (no pairs)"
+    if p is None or pd.isna(p):
+        return f"— (n={n})"
+    return (f"{p:.2g}" if p < 0.01 else f"{p:.3f}".rstrip("0").rstrip(".") if p < 1 else "1") + f" (n={n})"
 
 
 def _count(v) -> str:

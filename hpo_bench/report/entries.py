@@ -1,5 +1,11 @@
 """The methods of the tables: one :class:`Entry` per method (plain runs, split by ρ₀ when a label ran
-several ρ values, or one search) and setting, including the spec's methods that have no runs ("missing")."""
+several ρ values, or one search) and setting, including the spec's methods that have no runs ("missing").
+
+Each entry carries its test accuracy per seed (the replicates the comparisons pair), the mean with a
+bootstrap 95 % interval, and its cost PER REPLICATE (:func:`hpo_bench.stats.per_replicate_cost`): what it
+takes to choose ρ and produce one trained model — one run of a plain method; a search's trials of one
+seed plus the final training at ρ* when the search re-trains on evaluation seeds — per seed, with a
+bootstrap interval over seeds; ``total`` is what the entry's runs cost together (the study's compute)."""
 from __future__ import annotations
 
 import itertools
@@ -13,8 +19,10 @@ import pandas as pd
 from hpo_bench.report.document import _failures_text, _g, _key_value, _pct
 from hpo_bench.report.load import Results
 from hpo_bench.selection import select
+from hpo_bench.stats import NO_INTERVAL, Interval, mean_ci, per_replicate_cost
 
 COSTS = (("grad_evals", "grad evals"), ("wall_s", "wall s"), ("device_s", "device s"), ("peak_mem_bytes", "peak mem (MiB)"))
+ADDITIVE = ("grad_evals", "wall_s", "device_s")  # peak memory is a maximum, never a sum
 
 
 # ============================================================================= methods (table rows)
@@ -37,9 +45,16 @@ class Entry:
     failures: dict = field(default_factory=dict)
     rho_text: str = "—"
     rho_star: float = math.nan
-    cost: dict = field(default_factory=dict)
+    cost: dict = field(default_factory=dict)  # per replicate: mean over seeds (peak memory: max)
+    cost_ci: dict = field(default_factory=dict)  # per replicate: Interval over seeds
+    cost_seeds: dict = field(default_factory=dict)  # per replicate: {column: {seed: cost}}
     cost_basis: str = ""
+    total: dict = field(default_factory=dict)  # every run of the entry together (the study's compute)
     params: dict = field(default_factory=dict)
+    seed_acc: dict = field(default_factory=dict)  # seed -> test accuracy (ok runs; a search: at rho*)
+    acc_ci: Interval = NO_INTERVAL
+    n_eval: int = 0  # a search's evaluation runs at rho* (nested selection) and how many ended ok
+    n_eval_ok: int = 0
 
     @property
     def label(self) -> str:
@@ -50,11 +65,12 @@ class Entry:
         return self.n_acc > 0 and not pd.isna(self.acc_mean)
 
     def acc_text(self) -> str:
+        """Mean test accuracy with its bootstrap 95 % interval, in %; failures as counts, never as numbers."""
         if self.kind == "missing":
             return "missing"
         if not self.has_acc:
             return _failures_text(self.failures) or "—"
-        return _pct(self.acc_mean, self.acc_std, self.n_acc)
+        return _pct(self.acc_mean, self.acc_ci)
 
 
 def _setting_key(row, cols) -> tuple:
@@ -74,6 +90,73 @@ def _params(rows: pd.DataFrame) -> dict:
         return {}
 
 
+def _by_seed(rows: pd.DataFrame, col: str, how: str = "mean") -> dict:
+    """{seed: value of col} over the rows (several rows of one seed: their mean, or their sum)."""
+    if rows is None or not len(rows) or col not in rows:
+        return {}
+    vals = rows[["seed", col]].dropna()
+    agg = vals.groupby("seed")[col].agg(how)
+    return {int(s): float(v) for s, v in agg.items()}
+
+
+def _set_accuracy(e: Entry) -> None:
+    e.seed_acc = _by_seed(e.acc_runs, "test_acc")
+    e.acc_ci = mean_ci(list(e.seed_acc.values()))
+    if not pd.isna(e.acc_mean):  # the stored mean (a search: searches.parquet) with the interval of the seeds
+        e.acc_ci = Interval(e.acc_mean, e.acc_ci.low, e.acc_ci.high, e.acc_ci.n)
+
+
+def replicate_costs(search: pd.DataFrame, finals: pd.DataFrame, col: str) -> dict:
+    """{replicate: cost per replicate} (:func:`hpo_bench.stats.per_replicate_cost` per replicate): the search
+    trials of one seed plus the final run(s) of one seed. Search and final runs of the same seed form one
+    replicate; when they use different seeds (nested selection: selection seeds ≠ evaluation seeds), the
+    k-th selection seed and the k-th evaluation seed (in sorted order) do."""
+    s, f = _by_seed(search, col, "sum"), _by_seed(finals, col, "sum")
+    n_f = {int(k): int(v) for k, v in finals.groupby("seed").size().items()} if len(finals) else {}
+    if not f or not s or set(s) == set(f):
+        return {k: per_replicate_cost(s.get(k, 0.0), 1, f.get(k, 0.0), n_f.get(k, 0)) for k in sorted(set(s) | set(f))}
+    out = {}
+    for i, (ks, kf) in enumerate(zip(sorted(s), sorted(f))):
+        out[i] = per_replicate_cost(s[ks], 1, f[kf], n_f[kf])
+    if len(s) != len(f):  # unequal numbers: the mean of each part, no spread over replicates
+        out = {0: per_replicate_cost(sum(s.values()), len(s), sum(f.values()), sum(n_f.values()))}
+    return out
+
+
+def _set_cost(e: Entry, trials: pd.DataFrame, finals: pd.DataFrame) -> None:
+    """Per-replicate cost (mean over replicates, with its interval) and the entry's total, per column."""
+    for c, _ in COSTS:
+        both = pd.concat([trials, finals])
+        if c == "peak_mem_bytes":
+            per_seed = _by_seed(both, c, "max")
+            e.cost_seeds[c] = per_seed
+            e.cost[c] = max(per_seed.values()) if per_seed else math.nan
+            e.cost_ci[c] = Interval(e.cost[c], n=len(per_seed))
+            e.total[c] = float(both[c].max()) if len(both) and both[c].notna().any() else math.nan
+            continue
+        e.cost_seeds[c] = replicate_costs(trials, finals, c)
+        e.cost_ci[c] = mean_ci(list(e.cost_seeds[c].values()))
+        e.cost[c] = e.cost_ci[c].estimate
+        e.total[c] = float(both[c].sum()) if len(both) else math.nan
+
+
+EVAL_SUFFIX = "/eval"  # the search tag of a search's evaluation runs (nested selection)
+
+
+def base_tag(tag: str) -> str:
+    return tag[: -len(EVAL_SUFFIX)] if tag.endswith(EVAL_SUFFIX) else tag
+
+
+def evaluation_runs(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(selection trials, evaluation runs) of a search's rows. Evaluation runs re-train the selected ρ* on
+    the spec's seeds (search tag ``<kind>/<engine>/eval``); a store written before nested selection has
+    none: its selected model is one of its trials and costs nothing extra."""
+    if trials is None or not len(trials):
+        return trials, trials
+    is_eval = trials["search"].astype(str).str.endswith(EVAL_SUFFIX).to_numpy()
+    return trials[~is_eval], trials[is_eval]
+
+
 def _plain_entry(setting, method, rho0, rows) -> Entry:
     ok = rows[rows["status"] == "ok"]
     acc = ok["test_acc"].dropna()
@@ -82,8 +165,10 @@ def _plain_entry(setting, method, rho0, rows) -> Entry:
               acc_std=float(acc.std(ddof=1)) if len(acc) > 1 else 0.0, n_acc=int(len(acc)), n_ok=int(len(ok)),
               n_total=int(len(rows)), failures=_failures(rows), params=_params(rows))
     basis = ok if len(ok) else rows
-    e.cost = {c: float(basis[c].mean()) for c, _ in COSTS}
-    e.cost_basis = f"mean of {len(basis)} {'ok ' if len(ok) else ''}run{'s' if len(basis) != 1 else ''}"
+    _set_cost(e, rows.iloc[0:0], basis)
+    e.total = {c: float(rows[c].max() if c == "peak_mem_bytes" else rows[c].sum()) for c, _ in COSTS}
+    e.cost_basis = f"1 run ({'ok runs of ' if len(ok) else ''}{basis['seed'].nunique()} seed{'s' if basis['seed'].nunique() != 1 else ''})"
+    _set_accuracy(e)
     rho0s = rows["rho0"].dropna().unique()
     final = ok["rho_final"].dropna()
     r0 = float(rho0s[0]) if len(rho0s) == 1 else None
@@ -103,25 +188,37 @@ def _search_entry(setting, method, srow, trials: pd.DataFrame) -> Entry:
 
     strategy = sget("strategy", str(trials["strategy"].iloc[0]) if len(trials) else "")
     rho_star = float(sget("rho_star"))
-    ok = trials[trials["status"] == "ok"] if len(trials) else trials
+    search, finals = evaluation_runs(trials)
+    ok = search[search["status"] == "ok"] if len(search) else search
     at_star = ok[np.isclose(ok["rho0"].astype(float), rho_star)] if len(ok) and not math.isnan(rho_star) else ok.iloc[0:0]
-    n_trials = int(sget("n_trials", len(trials)))
-    n_failed = int(sget("n_failed", int((trials["status"] != "ok").sum()) if len(trials) else 0))
+    acc_runs = finals[finals["status"] == "ok"] if len(finals) else at_star  # nested: the evaluation runs
+    n_trials = int(sget("n_trials", len(search)))
+    n_failed = int(sget("n_failed", int((search["status"] != "ok").sum()) if len(search) else 0))
     e = Entry(setting=setting, method=method, strategy=str(strategy), kind="search",
-              search=str(sget("search", trials["search"].iloc[0] if len(trials) else "")), rows=trials,
-              acc_runs=at_star, acc_mean=float(sget("test_acc_mean")), acc_std=float(sget("test_acc_std", 0.0)),
-              n_acc=int(sget("n_seeds_at_star", len(at_star))), n_ok=n_trials - n_failed, n_total=n_trials,
-              failures=_failures(trials) if len(trials) else {}, rho_star=rho_star,
+              search=base_tag(str(sget("search", trials["search"].iloc[0] if len(trials) else ""))), rows=trials,
+              acc_runs=acc_runs, acc_mean=float(sget("test_acc_mean")), acc_std=float(sget("test_acc_std", 0.0)),
+              n_acc=len(acc_runs) if len(trials) else int(sget("n_seeds_at_star", 0)), n_ok=n_trials - n_failed,
+              n_total=n_trials, failures=_failures(trials) if len(trials) else {}, rho_star=rho_star,
               params=_params(trials) if len(trials) else {})
+    e.n_eval, e.n_eval_ok = len(finals), int((finals["status"] == "ok").sum()) if len(finals) else 0
+    if len(acc_runs) and len(finals):  # the accuracy is the evaluation runs' (as searches.parquet says, or would)
+        e.acc_mean = float(acc_runs["test_acc"].mean())
     if not e.has_acc and n_failed and not e.failures:
         e.failures = {"failed": n_failed}
     e.rho_text = f"ρ*={rho_star:g}" if not math.isnan(rho_star) else "—"
-    for c, _ in COSTS:
-        v = sget(f"cost_{c}") if c != "peak_mem_bytes" else math.nan
-        if pd.isna(v) and len(trials):
-            v = float(trials[c].max() if c == "peak_mem_bytes" else trials[c].sum())
-        e.cost[c] = float(v)
-    e.cost_basis = f"sum over {n_trials} trial{'s' if n_trials != 1 else ''}"
+    _set_cost(e, search, finals)
+    for c in ADDITIVE:  # the summary's sum over all trials when the trials themselves are absent
+        v = sget(f"cost_{c}")
+        if not len(trials) and not pd.isna(v):
+            e.total[c] = float(v)
+            if e.n_acc:  # its seeds are those at rho*
+                e.cost[c] = per_replicate_cost(float(v), e.n_acc)
+                e.cost_ci[c] = Interval(e.cost[c], n=e.n_acc)
+    n_seeds = search["seed"].nunique() if len(search) else 0
+    per_seed = len(search) / n_seeds if n_seeds else math.nan
+    e.cost_basis = (f"{per_seed:g} trials of 1 seed" if n_seeds else "no trials") + \
+        (" + 1 evaluation run" if len(finals) else "")
+    _set_accuracy(e)
     return e
 
 
@@ -186,11 +283,13 @@ def build_entries(res: Results) -> tuple[list, list]:
                 found = True
                 for _, srow in srows.iterrows():
                     tag = srow.get("search")
-                    entries.append(_search_entry(setting, method, srow, tr[tr["search"] == tag] if isinstance(tag, str) else tr))
+                    mine = tr[tr["search"].map(base_tag) == tag] if isinstance(tag, str) else tr
+                    entries.append(_search_entry(setting, method, srow, mine))
             elif len(tr):  # trials without a summary (interrupted search): rho* selected from them
                 found = True
-                for tag, g in tr.groupby("search", sort=False):
-                    srow = pd.Series({"method": method, "strategy": g["strategy"].iloc[0], "search": tag, **select(g)})
+                for tag, g in tr.groupby(tr["search"].map(base_tag), sort=False):
+                    srow = pd.Series({"method": method, "strategy": g["strategy"].iloc[0], "search": tag,
+                                      **select(evaluation_runs(g)[0])})
                     entries.append(_search_entry(setting, method, srow, g))
                 res.notes.append(f"{method}: no searches.parquet row; ρ* recomputed from its {len(tr)} finished "
                                  f"trials (the search may be incomplete).")

@@ -1,7 +1,9 @@
 """Loading a results directory into a :class:`Results`, read only and only through ``ResultsStore``.
 
 A directory that is not one ``hpo-bench run`` wrote raises a one-line
-``ValueError("RUN_DIR: '<dir>' <problem>; allowed: a directory written by hpo-bench run")``.
+``ValueError("RUN_DIR: '<dir>' <problem>; allowed: a directory written by hpo-bench run")``, except
+the directory of ``hpo-bench fidelity`` (``fidelity.parquet``, no metadata and no runs), which loads
+as a fidelity-only :class:`Results` (``runs`` empty).
 """
 from __future__ import annotations
 
@@ -28,6 +30,11 @@ class Results:
     fidelity: pd.DataFrame
     setting_cols: list
     notes: list = field(default_factory=list)
+    fidelity_steps: pd.DataFrame = field(default_factory=pd.DataFrame)  # fidelity.parquet: one row per probed step
+
+    @property
+    def fidelity_only(self) -> bool:
+        return self.runs.empty
 
 
 def _bad(root, problem: str) -> ValueError:
@@ -59,6 +66,11 @@ def load_results(run_dir) -> Results:
     if not root.is_dir():
         raise _bad(root, "is not a directory")
     store = ResultsStore(root)
+    if (not store.has_metadata() and not (root / "runs.parquet").exists() and not store.trials.exists()
+            and (root / "fidelity.parquet").is_file()):  # written by hpo-bench fidelity
+        steps = _read_table(store, "fidelity")
+        return Results(root=root, meta={}, runs=pd.DataFrame(), searches=pd.DataFrame(), anytime=pd.DataFrame(),
+                       fidelity=_read_table(store, "fidelity_summary"), setting_cols=[], fidelity_steps=steps)
     meta = _read_metadata(store)
     notes = []
     runs = _read_table(store, "runs")
@@ -91,4 +103,5 @@ def load_results(run_dir) -> Results:
         if not searches.empty and col not in searches:
             searches[col] = math.nan
     return Results(root=root, meta=meta, runs=runs, searches=searches, anytime=anytime,
-                   fidelity=_read_table(store, "fidelity_summary"), setting_cols=setting_cols, notes=notes)
+                   fidelity=_read_table(store, "fidelity_summary"), setting_cols=setting_cols, notes=notes,
+                   fidelity_steps=_read_table(store, "fidelity"))

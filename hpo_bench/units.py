@@ -1,0 +1,67 @@
+"""Units of work for the experiment's pool: one trial, or a population of trials trained together.
+
+A plain method's ρ values × seeds share everything but (ρ, seed), so when its strategy and model
+allow (:func:`hpo_bench.population.can_train_together`) they are trained as one population
+(:mod:`hpo_bench.population`, up to :data:`~hpo_bench.population.MAX_POPULATION` members) in one
+worker process instead of one process-run each (a population of 8 trains about 2.5× faster than
+its members one after another, see ``benchmarks/RESULTS.md``). Units run concurrently on the
+pool's workers, in the order given.
+
+Which trials form a unit depends only on the spec and on what the store already holds, never on
+``--jobs``: a run gives the same rows with any number of workers. A population writes its members
+when it ends, so an interrupted one is trained again, whole, by the re-run.
+"""
+from __future__ import annotations
+
+from concurrent.futures import FIRST_COMPLETED, wait
+
+from hpo_bench.execute import execute_trial
+from hpo_bench.pool import TrialPool, run_with_progress
+from hpo_bench.population import MAX_POPULATION, can_train_together, run_batched
+from hpo_bench.store import ResultsStore
+from hpo_bench.trial import Trial
+
+
+def population_units(trials: list[Trial], store: ResultsStore) -> list[list[Trial]]:
+    """The trials of one plain method not yet in ``store``, as populations where they can train
+    together (chunks of at most MAX_POPULATION) and single trials otherwise."""
+    todo = list({t.run_id: t for t in trials if not store.has(t.run_id)}.values())
+    units = []
+    for start in range(0, len(todo), MAX_POPULATION):
+        chunk = todo[start:start + MAX_POPULATION]
+        if len(chunk) > 1 and can_train_together(chunk):
+            units.append(chunk)
+        else:
+            units.extend([t] for t in chunk)
+    return units
+
+
+def _work_unit(trials: list[dict], store_root: str, device) -> list[dict]:
+    store, unit = ResultsStore(store_root), [Trial.from_dict(t) for t in trials]
+    if len(unit) == 1:
+        return [execute_trial(unit[0], store, device=device)]
+    return run_batched(unit, store, device=device)
+
+
+def run_units(pool: TrialPool, units: list[list[Trial]], store: ResultsStore, progress=None) -> None:
+    """Run every unit (a list of trials: one run, or a population) on ``pool``; print each run's line."""
+    units = [u for u in units if u]
+    if not units:
+        return
+    if pool.jobs == 1 or len(units) == 1:
+        for unit in units:
+            if len(unit) == 1:
+                run_with_progress(unit[0], store, pool.device, progress)
+            else:
+                run_batched(unit, store, device=pool.device, progress=progress)
+        return
+    if progress is not None:
+        progress.start_batch(sum(len(u) for u in units), min(pool.jobs, len(units)))
+    pending = {pool.submit_call(_work_unit, [t.to_dict() for t in u], str(store.root), pool.device) for u in units}
+    while pending:
+        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            for row in future.result():  # a unit that raised re-raises here, as in a sequential run
+                if progress is not None:
+                    progress.finish(row)
+        store.consolidate()
