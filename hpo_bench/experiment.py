@@ -66,9 +66,7 @@ def _eval_trials(spec, method, setting, rho: float) -> list:
 def _units(method, trials, store):
     """Work units of ``method``'s trials: populations where it asks for them, else one run each."""
     batched = method.batched if method.search is None else search_kind(method).cfg.batched
-    if batched:
-        return population_units(trials, store)
-    return [[t] for t in {t.run_id: t for t in trials if not store.has(t.run_id)}.values()]
+    return population_units(trials, store, batched)
 
 
 def _warm_engines(cases, first) -> dict:

@@ -61,18 +61,23 @@ def _finite(values) -> np.ndarray:
     return x[np.isfinite(x)]
 
 
+def _sample(values) -> tuple[np.ndarray, Interval | None]:
+    """The finite values, and the interval already decided by their number (none: no value; one: no width)."""
+    x = _finite(values)
+    if len(x) == 0:
+        return x, NO_INTERVAL
+    return x, (Interval(float(x[0]), n=1) if len(x) == 1 else None)
+
+
 def mean_ci(values, level: float = LEVEL, *, n_resamples: int = N_RESAMPLES, seed: int = SEED,
             method: str = "BCa") -> Interval:
     """Mean of the finite values with a bootstrap interval (BCa; percentile where BCa is degenerate).
 
     One value: no interval; all values equal: the interval is that value."""
-    x = _finite(values)
-    n = len(x)
-    if n == 0:
-        return NO_INTERVAL
-    m = float(x.mean())
-    if n == 1:
-        return Interval(m, n=1)
+    x, early = _sample(values)
+    if early is not None:
+        return early
+    m, n = float(x.mean()), len(x)
     if np.ptp(x) == 0:
         return Interval(m, m, m, n)
     for how in dict.fromkeys((method, "percentile")):
@@ -88,13 +93,10 @@ def mean_ci(values, level: float = LEVEL, *, n_resamples: int = N_RESAMPLES, see
 
 def t_ci(values, level: float = LEVEL) -> Interval:
     """Mean with the Student-t interval mean ± t_{(1+level)/2, n-1} s/sqrt(n) (none for one value)."""
-    x = _finite(values)
-    n = len(x)
-    if n == 0:
-        return NO_INTERVAL
-    m = float(x.mean())
-    if n == 1:
-        return Interval(m, n=1)
+    x, early = _sample(values)
+    if early is not None:
+        return early
+    m, n = float(x.mean()), len(x)
     half = float(sps.t.ppf((1 + level) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
     return Interval(m, m - half, m + half, n)
 

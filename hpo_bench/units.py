@@ -22,10 +22,12 @@ from hpo_bench.store import ResultsStore
 from hpo_bench.trial import Trial
 
 
-def population_units(trials: list[Trial], store: ResultsStore) -> list[list[Trial]]:
-    """The trials of one plain method not yet in ``store``, as populations where they can train
-    together (chunks of at most MAX_POPULATION) and single trials otherwise."""
+def population_units(trials: list[Trial], store: ResultsStore, batched: bool = True) -> list[list[Trial]]:
+    """The trials of one method not yet in ``store`` (each run id once), as populations where they can
+    train together (chunks of at most MAX_POPULATION) and ``batched`` allows, else one run each."""
     todo = list({t.run_id: t for t in trials if not store.has(t.run_id)}.values())
+    if not batched:
+        return [[t] for t in todo]
     units = []
     for start in range(0, len(todo), MAX_POPULATION):
         chunk = todo[start:start + MAX_POPULATION]
