@@ -112,10 +112,15 @@ class SearchConfig:
     cpus_per_trial: float = spec_field(1.0, lo=0.0, lo_open=True)
     gpus_per_trial: float = spec_field(0.0, lo=0.0)
     address: str = spec_field("", doc="Ray cluster address ('' = start a local Ray, 'auto' = join)")
-    asha_grace: int = spec_field(1, lo=1, doc="ASHA grace period in epochs")
+    asha_grace: int = spec_field(1, lo=1, doc="ASHA grace period / Optuna pruner min_resource, in epochs")
     asha_reduction: float = spec_field(2.0, lo=1.0, lo_open=True)
+    pruner: str = spec_field("none", choices=["none", "successive-halving", "hyperband"],
+                             doc="optuna grid: stop runs at epoch rungs (min epochs asha_grace, reduction asha_reduction)")
     perturbation_interval: int = spec_field(1, lo=1, doc="PBT/PB2: epochs between exploit/explore steps")
     quantile_fraction: float = spec_field(0.25, lo=0.0, hi=0.5, lo_open=True, doc="PBT: bottom fraction that clones the top")
+    pbt_synch: bool = spec_field(True, doc="PBT/PB2: synchronous (every member reaches a perturbation point before "
+                                           "any exploits: decisions fixed by the spec and sampler_seed); false: Ray's "
+                                           "asynchronous default")
     resample_probability: float = spec_field(0.25, lo=0.0, hi=1.0, doc="PBT: chance an explore step redraws rho")
     batched: bool = spec_field(False, doc="train the grid's points and seeds as populations in one vectorized pass (erm, sam, asam, samar, lets)")
     selection_seeds: list = spec_field([], doc="seeds rho* is selected on; [] = 1000 + each spec seed. The spec's seeds "
@@ -193,6 +198,12 @@ def validate_search(raw: dict, where: str) -> SearchConfig:
             raise SpecError(f"{where}.engine: 'local' cannot run kind 'tpe'; allowed: optuna, ray")
         if search.rho_min >= search.rho_max:
             raise SpecError(f"{where}.rho_min: {search.rho_min} must be < rho_max {search.rho_max}")
+    if search.pruner != "none":
+        if search.engine != "optuna" or search.kind != "grid":
+            raise SpecError(f"{where}.pruner: {search.pruner!r} needs engine 'optuna' and kind 'grid' "
+                            f"(got {search.engine!r}, {search.kind!r}); allowed with them: none")
+        if search.asha_reduction != int(search.asha_reduction) or search.asha_reduction < 2:
+            raise SpecError(f"{where}.asha_reduction: {search.asha_reduction} with a pruner; allowed: an integer >= 2")
     if search.kind in ("asha", "pbt", "pb2") and search.engine != "ray":
         raise SpecError(f"{where}.engine: kind {search.kind!r} needs engine 'ray'; allowed: ray")
     if search.kind in ("pbt", "pb2"):  # initial rho values: search.grid, or n_trials drawn in [rho_min, rho_max]

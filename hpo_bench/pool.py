@@ -53,19 +53,21 @@ def init_worker(threads: int = 1) -> None:
     torch.set_num_threads(max(1, int(threads)))
 
 
-def _work(trial: dict, store_root: str, device) -> dict:
-    return execute_trial(Trial.from_dict(trial), ResultsStore(store_root), device=device)
+def _work(trial: dict, store_root: str, device, on_epoch=None) -> dict:
+    return execute_trial(Trial.from_dict(trial), ResultsStore(store_root), device=device, on_epoch=on_epoch)
 
 
-def run_with_progress(trial: Trial, store, device=None, progress=None, consolidate: bool = True) -> dict:
+def run_with_progress(trial: Trial, store, device=None, progress=None, consolidate: bool = True,
+                      on_epoch=None) -> dict:
     """Run ``trial`` (skipped when stored) under the progress display; return its row.
 
     ``consolidate`` rebuilds runs.parquet after the trial (sequential runs); parallel workers leave
-    that to their driver.
+    that to their driver. ``on_epoch``: the trainer's hook after each evaluated epoch (a pruner).
     """
     if progress is not None:
         progress.start(trial)
-    row = execute_trial(trial, store, device=device, progress=progress.bar if progress is not None else None)
+    row = execute_trial(trial, store, device=device, progress=progress.bar if progress is not None else None,
+                        on_epoch=on_epoch)
     if progress is not None:
         progress.finish(row)
     if consolidate:
@@ -104,13 +106,14 @@ class TrialPool:
                                                  initializer=init_worker, initargs=(self.threads,))
         return self._executor
 
-    def submit(self, trial: Trial, store: ResultsStore) -> Future:
+    def submit(self, trial: Trial, store: ResultsStore, on_epoch=None) -> Future:
         """Start ``trial`` in a worker process (skipped there when stored); the future's result is its row.
 
         For a driver that schedules runs itself (the Optuna grid): it decides what runs, the pool only
-        trains. An exception of the trial is the future's exception.
+        trains. An exception of the trial is the future's exception. ``on_epoch``: a picklable hook the
+        trainer calls after each evaluated epoch (an Optuna pruner).
         """
-        return self._pool().submit(_work, trial.to_dict(), str(store.root), self.device)
+        return self._pool().submit(_work, trial.to_dict(), str(store.root), self.device, on_epoch)
 
     def submit_call(self, fn, *args) -> Future:
         """Run the picklable ``fn(*args)`` in a worker process (e.g. a population of trials)."""

@@ -69,9 +69,12 @@ class SweepSearch(SearchKind):
 
 
 def best_member(rows: pd.DataFrame) -> pd.Series | None:
-    """The population member (run) with the best validation accuracy among those that ended ok."""
+    """The population member (run) with the best validation accuracy among those that ended ok; of tied
+    members (two that cloned one state) the first by run_id."""
     ok = rows[(rows["status"] == "ok") & rows["best_val_acc"].notna()] if len(rows) else rows
-    return None if not len(ok) else ok.loc[ok["best_val_acc"].idxmax()]
+    if not len(ok):
+        return None
+    return ok.sort_values(["best_val_acc", "run_id"], ascending=[False, True]).iloc[0]
 
 
 @register_search_kind

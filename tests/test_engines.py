@@ -21,11 +21,11 @@ METRICS = ["best_val_acc", "test_acc", "last_val_acc", "last_test_acc", "last_tr
            "last_test_loss", "best_epoch", "grad_evals", "fwd_evals", "epochs_done", "status"]
 
 
-def tiny_spec(engine="local", kind="grid", grid=(0.02, 0.2), seeds=(0, 1), epochs=2, **search):
+def tiny_spec(engine="local", kind="grid", grid=(0.02, 0.2), seeds=(0, 1), epochs=2, train=None, **search):
     raw = {"name": "engines", "seeds": list(seeds), "report": False,
            "data": {"dataset": "mnist1d", "num_samples": 500, "data_root": DATA_ROOT},
            "model": {"name": "mnist1d_mlp"},
-           "train": {"epochs": epochs, "batch_size": 50, "threads": 1, "device": "cpu"},
+           "train": {"epochs": epochs, "batch_size": 50, "threads": 1, "device": "cpu", **(train or {})},
            "methods": [{"label": "SAM", "strategy": "sam",
                         "search": {"kind": kind, "engine": engine, "grid": list(grid), **search}}]}
     return validate_spec(raw)
@@ -311,7 +311,7 @@ def test_optuna_tpe_runs_n_trials_and_resumes(tmp_path):
 
 def test_ray_asha_rows_and_cost(tmp_path, ray_session):
     spec = tiny_spec("ray", kind="asha", grid=(0.02, 0.05, 0.1, 1.0, 3.0, 10.0), seeds=(0,), epochs=4,
-                     workers=2, asha_grace=1, asha_reduction=3.0)
+                     workers=2, asha_grace=1, asha_reduction=3.0, train={"checkpoint_every": 1})
     store = ResultsStore(tmp_path / "run")
     summary = run_search(spec, spec.methods[0], {}, store)[0]["summary"]
     runs = store.consolidate()
@@ -325,6 +325,7 @@ def test_ray_asha_rows_and_cost(tmp_path, ray_session):
     assert len(stopped) >= 1  # the large-rho trials lose at the first rung (grid order: small rho first)
     assert (stopped["grad_evals"] > 0).all() and stopped["best_val_acc"].isna().all()
     assert select(runs)["rho_star"] in set(runs.loc[runs["status"] == "ok", "rho0"])
+    assert not list(store.checkpoint_path("x").parent.glob("*.pt"))  # stopped runs' checkpoints removed too
 
 
 def test_stopped_row_from_reported_epochs():

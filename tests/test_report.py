@@ -14,6 +14,7 @@ from scipy import stats as sps
 from hpo_bench.cli import main
 from hpo_bench.report import FIGURES, build_entries, load_results, write_report
 from hpo_bench.report.budget import spread
+from hpo_bench.report.curves import Curves, dnu_snr, dnu_snr_runs, dnu_updates, fig_rho
 from hpo_bench.report.figures import Styles, collapsed, fig_pareto
 from hpo_bench.stats import holm, wilcoxon_p
 from hpo_bench.store import ResultsStore
@@ -72,7 +73,7 @@ def _run(rng, method, strategy, rho0, seed, noise, params, search="", status="ok
     for t in range(1, (steps if ok else 7) + 1):
         ep = (t - 1) // STEPS_PER_EPOCH + 1
         if strategy == "lets-sam":
-            trace = {"rho": rho0 * (1 + 0.7 * t / steps), "metric_M": 0.1, "dM_dnu": -0.01}
+            trace = {"rho": rho0 * (1 + 0.7 * t / steps), "metric_M": 0.1, "dM_dnu": lets_dnu(t)}
         elif strategy == "ae-sam":
             trace = {"sam_step": float(rng.random() < 0.4), "sq_grad_norm": 1.0, "ema_mu": 1.0, "ema_sigma": 0.1,
                      "threshold_c": 0.5}
@@ -82,6 +83,11 @@ def _run(rng, method, strategy, rho0, seed, noise, params, search="", status="ok
             trace = {}
         curves += [(rid, "step", ep, t, k, float(v)) for k, v in trace.items()]
     return row, curves
+
+
+def lets_dnu(t: int) -> float:
+    """The synthetic LETS hypergradient dM/dν at step t: a small negative mean under a larger oscillation."""
+    return -0.002 + 0.01 * float(np.sin(t))
 
 
 def fidelity_steps(rng, n: int = 20) -> pd.DataFrame:
@@ -232,7 +238,7 @@ def test_every_table_and_figure_is_produced(store):
     for title in ("1. Test accuracy", "2. Cost per replicate", "3. Compute of the whole study",
                   "4. Equal budget: the best strategy at each cost", "5. Average ranks across settings",
                   "6. Robustness to ρ₀", "7. Generalization metric", "8. Label noise", "9. Hypergradient fidelity",
-                  "10. Adaptive SAM statistics", "Figures", "Notes"):
+                  "10. Adaptive SAM statistics", "11. Hypergradient signal-to-noise", "Figures", "Notes"):
         assert f"## {title}" in md, title
     for name in FIGURES:
         png = root / "figures" / f"{name}.png"
@@ -489,6 +495,7 @@ def test_cli_report_and_bad_run_dirs(tmp_path, capsys):
         assert not (root / "figures" / f"{name}.png").exists()
         assert f"Figure skipped: {name}" in md
     assert "Robustness to ρ₀" not in md and "Not shown: ρ₀-robustness table" in md
+    assert "Hypergradient signal-to-noise" not in md and "Not shown: hypergradient signal-to-noise table" in md
     assert main(["report", str(root), "--format", "html"]) == 0
     assert (root / "report.html").exists()
     capsys.readouterr()
@@ -595,3 +602,87 @@ def test_every_bad_run_dir_is_one_line_naming_run_dir(tmp_path):
             write_report(root)
         assert str(err.value).startswith(f"RUN_DIR: {str(root)!r} {expected[name]}") and "\n" not in str(err.value)
         assert not (root / "report.md").exists()
+
+
+def _step_rows(rid, steps, values, metric="dM_dnu") -> list:
+    return [(rid, "step", 1, int(t), metric, float(v)) for t, v in zip(steps, values)]
+
+
+def test_dnu_snr_on_known_traces():
+    """SNR = |mean| / sd (ddof 1) of each run's updates: NaN steps are not updates, a value held from the previous
+    traced step is one update, thirds split the run's training steps; groups: mean over seeds with a t interval."""
+    rng = np.random.default_rng(3)
+    first, middle, last = rng.normal(0.5, 0.25, 100), rng.normal(0.2, 1.0, 100), rng.normal(-0.05, 1.0, 100)
+    a = np.concatenate([first, middle, last])
+    a_traced = np.where(np.arange(300) % 4 == 3, np.nan, a)  # every 4th step without an update
+    b = rng.normal(-0.3, 0.6, 30)
+    b_traced = np.concatenate([[np.nan] * 4, np.repeat(b, 10)])[:300]  # updated every 10 steps, held between
+    rows = (_step_rows("a", range(300), a_traced) + _step_rows("b", range(300), b_traced)
+            + _step_rows("c", range(300), [np.nan] * 299 + [0.1]) + _step_rows("a", range(300), a, metric="rho")
+            + _step_rows("other", range(10), range(10)))
+    step = pd.DataFrame(rows, columns=["run_id", "scope", "epoch", "step", "metric", "value"])
+    runs = pd.DataFrame({"run_id": ["a", "b", "c"], "method": ["m", "m", "n"], "seed": [0, 1, 0],
+                         "steps": [300.0, 300.0, np.nan]})
+    assert len(dnu_updates(step)) == 225 + 30 + 1 + 10
+
+    def snr(x):
+        return abs(np.mean(x)) / np.std(x, ddof=1)
+
+    kept = ~np.isnan(a_traced)
+    per_run = dnu_snr_runs(step, runs).set_index("run_id")
+    assert set(per_run.index) == {"a", "b", "c"} and per_run.loc["a", "n_updates"] == 225
+    assert per_run.loc["a", "snr"] == pytest.approx(snr(a[kept]))
+    assert per_run.loc["a", "frac_pos"] == pytest.approx(np.mean(a[kept] > 0))
+    assert per_run.loc["a", "snr_first"] == pytest.approx(snr(first[kept[:100]]))
+    assert per_run.loc["a", "snr_last"] == pytest.approx(snr(last[kept[200:]]))
+    assert per_run.loc["a", "snr_first"] > 1.5 and per_run.loc["a", "snr_last"] < 0.2  # the signal fades
+    assert per_run.loc["b", "n_updates"] == 30 and per_run.loc["b", "snr"] == pytest.approx(snr(b))
+    assert per_run.loc["b", "frac_pos"] == pytest.approx(np.mean(b > 0))
+    # one update: no SNR; its training length is its last traced step + 1 (no `steps`)
+    assert per_run.loc["c", "n_updates"] == 1 and per_run.loc["c", "frac_pos"] == 1.0
+    assert per_run.loc["c", ["snr", "snr_first", "snr_last"]].isna().all()
+
+    table = dnu_snr(step, runs).set_index("method")
+    m = table.loc["m"]
+    pair = per_run.loc[["a", "b"], "snr"].to_numpy()
+    half = sps.t.ppf(0.975, 1) * np.std(pair, ddof=1) / np.sqrt(2)
+    assert m["runs"] == 2 and m["updates"] == pytest.approx((225 + 30) / 2)
+    assert m["snr"] == pytest.approx(pair.mean())
+    assert (m["snr_low"], m["snr_high"]) == pytest.approx((pair.mean() - half, pair.mean() + half))
+    assert table.loc["n", "runs"] == 1 and np.isnan(table.loc["n", "snr"]) and table.loc["n", "frac_pos"] == 1.0
+
+
+def test_snr_table_of_the_report(store):
+    _, md = store
+    text = section(md, "11. Hypergradient signal-to-noise")
+    assert "dM/dν < 0 raises ρ" in text
+    rows = {r["method"]: r for r in parse_tables(text)["data.label_noise = 0.2"]}
+    assert set(rows) == {f"{m} (ρ₀={r:g})" for m in ("LETS-SAM", "LETS-SAM gap") for r in SPEC_METHODS[4]["rho"]}
+    values = np.array([lets_dnu(t) for t in range(1, EPOCHS * STEPS_PER_EPOCH + 1)])
+    row = rows["LETS-SAM (ρ₀=0.05)"]  # every seed traces the same values: intervals of zero width
+    assert row["runs"] == "3" and row["updates per run"] == str(EPOCHS * STEPS_PER_EPOCH)
+    snr = abs(values.mean()) / values.std(ddof=1)
+    assert row["SNR [95% CI]"] == f"{snr:.3f} [{snr:.3f}, {snr:.3f}]"
+    pos = 100 * np.mean(values > 0)
+    assert row["dM/dν > 0 (%) [95% CI]"] == f"{pos:.1f} [{pos:.1f}, {pos:.1f}]"
+
+
+def test_rho_figure_draws_each_seed_under_the_mean(tmp_path):
+    """One panel per method: a thin, semi-transparent line per seed and ρ₀, and one thick mean line per ρ₀ in
+    the same colour."""
+    root = make_store(tmp_path / "rho", spec_methods=[SPEC_METHODS[4]], noise=[0.0])
+    res = load_results(root)
+    settings, entries = build_entries(res)
+    fig = fig_rho(res, settings, entries, Curves(res))
+    ax = fig.axes[0]
+    lines = ax.get_lines()
+    rho0s = SPEC_METHODS[4]["rho"]
+    assert len(lines) == len(SEEDS) * len(rho0s) + len(rho0s)
+    means = {line.get_label(): line for line in lines if not line.get_label().startswith("_")}
+    assert sorted(means) == [f"ρ₀={r:g}" for r in rho0s]
+    thin = [line for line in lines if line.get_label().startswith("_")]
+    assert all(line.get_linewidth() < 1 and line.get_alpha() < 1 for line in thin)
+    assert all(line.get_linewidth() > 1 and line.get_alpha() is None for line in means.values())
+    for r in rho0s:
+        colour = means[f"ρ₀={r:g}"].get_color()
+        assert sum(tuple(line.get_color()) == tuple(colour) for line in thin) == len(SEEDS)

@@ -25,7 +25,9 @@ Objective and states
     counts in the search cost). An exception inside a trial is told FAIL with
     ``user_attrs["error"]``; the sweep continues and, at the end, a ``RuntimeError`` lists the
     points that have no row (a re-run retries exactly those). Study user attrs: spec, run_dir,
-    git_commit, method, kind.
+    git_commit, method, kind. ``search.pruner`` (successive halving, Hyperband) stops runs at epoch
+    rungs: such a run is stored as ``"stopped"`` and told PRUNED
+    (:mod:`hpo_bench.engines.optuna_pruning`).
 
 TPE (``kind = "tpe"``)
     ρ log-uniform in [rho_min, rho_max]; one point = one ρ running every spec seed; objective =
@@ -143,6 +145,15 @@ class OptunaEngine(Engine):
                            f"(re-run to retry them): {detail}")
 
     # -- grid ------------------------------------------------------------------------------------
+    def _pruning(self, trial: Trial) -> dict | None:
+        """The grid's pruner settings (``search.pruner``; :mod:`hpo_bench.engines.optuna_pruning`), or None."""
+        pruner = getattr(self.cfg, "pruner", "none")
+        if pruner == "none":
+            return None
+        return {"storage": self.cfg.storage, "run_dir": str(self.run_dir), "pruner": pruner,
+                "grace": self.cfg.asha_grace, "reduction": self.cfg.asha_reduction,
+                "epochs": int(trial.train["epochs"])}
+
     def run_trials(self, trials: list[Trial], store, progress=None) -> list[dict]:
         if not trials:
             return []
@@ -150,15 +161,13 @@ class OptunaEngine(Engine):
         name = self._study_name(set_name(trials[0].method, "points", by_id))
         study = self._study(name, trials[0].method, "grid" if trials[0].search else "sweep")
         journal = journal_path(self.cfg.storage, self.run_dir) is not None
-        callbacks = optuna_callbacks(getattr(self.cfg, "loggers", []), self.run_dir)
+        kw = dict(device=self.device, progress=progress, journal=journal, pruning=self._pruning(trials[0]),
+                  callbacks=optuna_callbacks(getattr(self.cfg, "loggers", []), self.run_dir))
         if self.workers <= 1:  # in the driver, one run after another
-            errors = GridDriver(study, by_id, store, device=self.device, progress=progress, journal=journal,
-                                callbacks=callbacks).run()
+            errors = GridDriver(study, by_id, store, **kw).run()
         else:
             with self._trial_pool() as pool:
-                errors = GridDriver(study, by_id, store, workers=min(self.workers, len(by_id)), pool=pool,
-                                    device=self.device, progress=progress, journal=journal,
-                                    callbacks=callbacks).run()
+                errors = GridDriver(study, by_id, store, workers=min(self.workers, len(by_id)), pool=pool, **kw).run()
         store.consolidate()
         missing = [rid for rid in by_id if not store.has(rid)]
         if missing:

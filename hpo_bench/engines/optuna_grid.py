@@ -26,7 +26,8 @@ any moment. Each loop of a driver:
    was already trained (a run finished by a driver killed before it could tell is reconciled from
    the store, never retrained). Then report the run's per-epoch validation accuracy
    (``trial.report``), set the user attrs, and tell: COMPLETE with the run's best validation
-   accuracy, or FAIL with its status and reason. A tell that finds the trial already reaped is
+   accuracy, PRUNED when ``search.pruner`` stopped it (:mod:`hpo_bench.engines.optuna_pruning`),
+   or FAIL with its status and reason. A tell that finds the trial already reaped is
    dropped; the next loop enqueues the point again and tells it from the store. After each tell,
    the callbacks of ``search.loggers`` get ``(study, frozen_trial)`` (:mod:`hpo_bench.engines.callbacks`).
 
@@ -46,6 +47,7 @@ import pandas as pd
 
 from hpo_bench.engines.callbacks import call_all
 from hpo_bench.engines.common import finite, row_value
+from hpo_bench.engines.optuna_pruning import EpochPruner, is_pruned
 from hpo_bench.engines.optuna_storage import Heartbeats, has_heartbeat, owner_alive, owner_id
 from hpo_bench.errors import WriteError
 from hpo_bench.pool import TrialPool, run_with_progress
@@ -83,7 +85,7 @@ def settled(group: list, row: dict | None) -> bool:
         return False
     if row_value(row) is not None:
         return any(t.state == TrialState.COMPLETE for t in group)
-    return any(t.state == TrialState.FAIL and t.user_attrs.get("status") == row.get("status")
+    return any(t.state in (TrialState.FAIL, TrialState.PRUNED) and t.user_attrs.get("status") == row.get("status")
                and t.user_attrs.get("reason") not in (INTERRUPTED, DUPLICATE) for t in group)
 
 
@@ -91,12 +93,13 @@ class GridDriver:
     """Works on the points ``trials`` (run_id -> Trial) of ``study`` until each is settled (module doc)."""
 
     def __init__(self, study, trials: dict[str, Trial], store, *, workers: int = 1, pool: TrialPool | None = None,
-                 device=None, progress=None, journal: bool = False, callbacks: list = ()):
+                 device=None, progress=None, journal: bool = False, callbacks: list = (), pruning: dict | None = None):
         from optuna.distributions import FloatDistribution, IntDistribution
 
         self.study, self.storage, self.trials, self.store = study, study._storage, trials, store
         self.workers, self.pool, self.device, self.progress = max(1, workers), pool, device, progress
         self.journal = journal
+        self.pruning = pruning  # EpochPruner fields but the study and trial: search.pruner (optuna_pruning)
         self.callbacks, self.callback_errors = list(callbacks), set()  # search.loggers: called after each tell
         self.owner = owner_id()
         self.heartbeats = Heartbeats(self.storage)
@@ -240,6 +243,12 @@ class GridDriver:
             return False
         return True
 
+    def _on_epoch(self, tid: int):
+        """The run's pruning hook (``search.pruner``), or None."""
+        if self.pruning is None:
+            return None
+        return EpochPruner(study_name=self.study.study_name, trial_id=tid, **self.pruning)
+
     def _start(self, tid: int, rid: str) -> None:
         trial = self.trials[rid]
         row = self._row(rid)
@@ -247,7 +256,8 @@ class GridDriver:
             self._tell(tid, row)
         elif self.pool is None:
             try:
-                row = run_with_progress(trial, self.store, self.device, self.progress, consolidate=False)
+                row = run_with_progress(trial, self.store, self.device, self.progress, consolidate=False,
+                                        on_epoch=self._on_epoch(tid))
             except WriteError:
                 raise
             except Exception as err:  # the sweep continues; the engine reports the point at the end
@@ -255,7 +265,7 @@ class GridDriver:
                 return
             self._tell(tid, row)
         else:
-            self.running[self.pool.submit(trial, self.store)] = tid
+            self.running[self.pool.submit(trial, self.store, self._on_epoch(tid))] = tid
 
     def _collect(self, future) -> None:
         tid = self.running.pop(future)
@@ -283,7 +293,9 @@ class GridDriver:
             for key, value in run_attrs(row).items():
                 self.storage.set_trial_user_attr(tid, key, value)
             value = row_value(row)
-            if value is None:
+            if is_pruned(row):
+                self.storage.set_trial_state_values(tid, state=TrialState.PRUNED)
+            elif value is None:
                 self.storage.set_trial_state_values(tid, state=TrialState.FAIL)
             else:
                 self.storage.set_trial_state_values(tid, state=TrialState.COMPLETE, values=[value])

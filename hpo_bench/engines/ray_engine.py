@@ -38,7 +38,8 @@ ASHA (``kind = "asha"``)
     status ``"stopped"``, ``epochs_done`` and curves of the epochs it reported, and its cost as of
     its last reported epoch (``grad_evals``, ``wall_s``, ``device_s`` = the trial process's CPU
     seconds on CPU; ``fwd_evals`` and ``peak_mem_bytes`` are NaN; the partial epoch in flight when
-    it was stopped is not charged). Stopped runs count in the search cost and are never selected.
+    it was stopped is not charged). Stopped runs count in the search cost and are never selected;
+    the mid-run checkpoint of a stopped run is removed with the others (``train.keep_checkpoints``).
 
 TPE (``kind = "tpe"``)
     ``OptunaSearch(space={"rho": FloatDistribution(rho_min, rho_max, log=True)},
@@ -84,6 +85,7 @@ from hpo_bench.engines.ray_trainables import (
     save_trainable,
     stopped_row,
 )
+from hpo_bench.execute import trial_checkpointer
 from hpo_bench.trial import Trial
 
 __all__ = ["CONNECT_TIMEOUT_S", "RayEngine", "check_address", "check_resources", "ensure_ray", "ray_scope",
@@ -212,6 +214,7 @@ class RayEngine(Engine):
             row, curves = stopped_row(by_id[rid], frame, self.device)
             if not store.has(rid):
                 store.write_run(row, curves)
+                trial_checkpointer(by_id[rid], store).finish()  # its mid-run checkpoint (train.checkpoint_every)
             if lines is not None:
                 lines.show(rid)
 

@@ -17,15 +17,23 @@ Scheduling
     explore step by a GP bandit over ρ in [rho_min, rho_max] (needs ``GPy`` and ``scikit-learn``).
     Tune's explore copies the whole config of the cloned member; the scheduler used here keeps the
     member's own ``run_id`` (only ``rho`` is taken over), so a member never writes another's row.
+    ``search.pbt_synch`` (default true): synchronous PBT, where every member reaches a perturbation
+    point before the bottom ones exploit, so which member clones which depends only on the
+    scores; PBT's random draws (clone source, explore step, resampled ρ) come from generators
+    seeded with ``sampler_seed`` (:func:`seeded_random`), so a population is reproducible on CPU.
+    ``pbt_synch = false`` is Ray's asynchronous PBT: no waiting, decisions depend on the members'
+    timing.
 
 A member's training
-    Every epoch but the last reports ``{val_acc, ..., rho, epoch}`` with the trainer's full
-    checkpoint (:mod:`hpo_bench.checkpoint` format, ``state.pt`` in the Tune checkpoint folder).
+    Every epoch but the last reports ``{val_acc, ..., rho, epoch}``; at each perturbation point
+    (every ``perturbation_interval`` epochs) the report carries the trainer's full checkpoint
+    (:mod:`hpo_bench.checkpoint` format, ``state.pt`` in the Tune checkpoint folder), the state PBT
+    clones; a killed population resumes from there.
     When Tune restarts a member from a checkpoint — its own (a pause, a resumed experiment) or a
     top member's (an exploit) — the trainer restores that state and then sets the strategy's ρ to
     the member's current config ρ. The last epoch is reported after the row is written
     (``phase = "final"``), so a scheduler decision never falls between the end of training and
-    the row. ρ is held fixed between perturbations: PBT is meant for fixed-ρ strategies (SAM,
+    the row; Tune's stop rule ends the member at that report, before the scheduler sees it. ρ is held fixed between perturbations: PBT is meant for fixed-ρ strategies (SAM,
     ASAM, ...); for a strategy that adapts ρ itself it only sets the attribute ``rho``.
 
 The schedule and the row
@@ -50,8 +58,10 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import tempfile
 import time
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -80,7 +90,7 @@ from hpo_bench.trial import Trial
 
 POPULATION_KINDS = ("pbt", "pb2")
 STATE_FILE = "state.pt"
-KEEP_CHECKPOINTS = 4  # per member, in the Tune experiment (a cloned member's latest must still be there)
+KEEP_CHECKPOINTS = 4  # per member, in the Tune experiment: its states at the last 4 perturbation points
 
 
 def initial_rhos(space: SearchSpace) -> list[float]:
@@ -95,11 +105,17 @@ def initial_rhos(space: SearchSpace) -> list[float]:
 # ----------------------------------------------------------------------------- a member in its trainable
 
 class MemberCheckpointer(Checkpointer):
-    """Checkpoints of one member through Tune: each epoch's state goes out with its report."""
+    """Reports of one member through Tune: every epoch's metrics, and its full state at each perturbation
+    point (every ``interval`` epochs), where PBT may clone it.
 
-    def __init__(self, store: ResultsStore, trial: Trial, rho: float):
+    Only those states are checkpoints, so the ``KEEP_CHECKPOINTS`` a member keeps reach back that many
+    perturbation points: a top member that trains on while a bottom one is still being restarted
+    never deletes the state that one clones.
+    """
+
+    def __init__(self, store: ResultsStore, trial: Trial, rho: float, interval: int = 1):
         super().__init__(store, trial.run_id, every=1, keep=False)
-        self.rho = float(rho)
+        self.rho, self.interval = float(rho), max(1, int(interval))
         self.side = self.path.with_suffix(".pbt.json")
         try:
             self.info = json.loads(self.side.read_text())
@@ -127,6 +143,9 @@ class MemberCheckpointer(Checkpointer):
         ledger = trainer.ledger
         self._write_side({"grad_evals": ledger.grad_evals, "fwd_evals": ledger.fwd_evals, "wall_s": ledger.elapsed(),
                           "device_s": self.device_offset + _device_seconds(ledger)})
+        if (epoch + 1) % self.interval:  # between perturbation points: metrics only
+            tune.report(metrics)
+            return
         with tempfile.TemporaryDirectory() as tmp:
             self.path, self.disabled = Path(tmp) / STATE_FILE, False
             super().save(trainer, ctx, result, epoch)
@@ -180,9 +199,9 @@ def add_rho_trace(result) -> None:
         start = int(e["step"])
 
 
-def train_member(trial: Trial, store: ResultsStore, rho: float, device=None) -> dict:
+def train_member(trial: Trial, store: ResultsStore, rho: float, device=None, interval: int = 1) -> dict:
     """Train (or continue) one member at its current ``rho`` and write its row."""
-    ckpt = MemberCheckpointer(store, trial, rho)
+    ckpt = MemberCheckpointer(store, trial, rho, interval)
     trainer = trial_trainer(trial, device, checkpoint=ckpt)
     trainer.strategy.rho = float(rho)
     result = trainer.fit()
@@ -196,7 +215,7 @@ def train_member(trial: Trial, store: ResultsStore, rho: float, device=None) -> 
     return row
 
 
-def make_pbt_trainable(members: dict, store_root: str, device, cwd: str, threads: int):
+def make_pbt_trainable(members: dict, store_root: str, device, cwd: str, threads: int, interval: int = 1):
     """Function trainable of a PBT/PB2 member: config = {"run_id": member, "rho": its current ρ}."""
 
     def hpo_member(config):
@@ -206,7 +225,7 @@ def make_pbt_trainable(members: dict, store_root: str, device, cwd: str, threads
         trial = Trial.from_dict(members[config["run_id"]])
         store = ResultsStore(store_root)
         row = store.load_row(trial.run_id) if store.has(trial.run_id) else \
-            train_member(trial, store, float(config["rho"]), device)
+            train_member(trial, store, float(config["rho"]), device, interval)
         last_val, best = row.get("last_val_acc"), row.get("best_val_acc")
         tune.report({"run_id": trial.run_id, "phase": "final", "status": row.get("status", ""),
                      "val_acc": float(last_val) if finite(last_val) else 0.0,
@@ -256,7 +275,7 @@ def make_scheduler(space: SearchSpace, search_cfg):
     from ray import tune
 
     common = {"time_attr": "training_iteration", "metric": "val_acc", "mode": "max",
-              "perturbation_interval": search_cfg.perturbation_interval,
+              "perturbation_interval": search_cfg.perturbation_interval, "synch": search_cfg.pbt_synch,
               "quantile_fraction": search_cfg.quantile_fraction}
     if space.kind == "pb2":
         sched = _scheduler_class("pb2")(hyperparam_bounds={"rho": [space.rho_min, space.rho_max]}, **common)
@@ -268,6 +287,35 @@ def make_scheduler(space: SearchSpace, search_cfg):
 
 
 # ----------------------------------------------------------------------------- the driver
+
+def final_report(trial_id: str, result: dict) -> bool:
+    """Tune's stop rule: a member ends at its ``phase = "final"`` report (its row is written), before the
+    scheduler sees it, so a perturbation (a pause under synchronous PBT, an exploit) never restarts a
+    member that has finished."""
+    return result.get("phase") == "final"
+
+
+@contextmanager
+def seeded_random(seed: int):
+    """PBT's random draws from generators of their own, seeded with ``seed``, while the scheduler runs.
+
+    Ray's PBT draws its clone source and explore steps from the module ``random`` of
+    ``ray.tune.schedulers.pbt`` (the global generator, which Ray's own machinery in the driver also
+    draws from, a timing-dependent number of times), and resampled values from NumPy's global
+    generator. For the scope, the PBT module's ``random`` is a private ``random.Random(seed)`` and
+    NumPy's global generator is seeded; both are put back afterwards.
+    """
+    import ray.tune.schedulers.pbt as pbt_module
+
+    module_random, np_state = pbt_module.random, np.random.get_state()
+    pbt_module.random = random.Random(seed)
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        pbt_module.random = module_random
+        np.random.set_state(np_state)
+
 
 def run_population(engine, make_trial: TrialFactory, space: SearchSpace, store, progress=None) -> list[dict]:
     """Run one population per seed of ``space`` through ``engine`` (a RayEngine); the members' rows."""
@@ -289,7 +337,8 @@ def _run_one(engine, members: list[Trial], space: SearchSpace, store, progress=N
         name = set_name(members[0].method, space.kind, by_id)
         path = engine.ray_dir / name
         trainable = engine._trainable(path, "pbt", members={rid: t.to_dict() for rid, t in by_id.items()},
-                                      store_root=str(Path(store.root).resolve()))
+                                      store_root=str(Path(store.root).resolve()),
+                                      interval=int(engine.cfg.perturbation_interval))
         lines = run_lines(store, progress)
         if progress is not None:
             progress.start_batch(len(pending), min(engine.workers, len(pending)))
@@ -299,12 +348,13 @@ def _run_one(engine, members: list[Trial], space: SearchSpace, store, progress=N
             points = {rid: {"rho": t.rho} for rid, t in by_id.items()}
             run_config = engine._run_config(name, lines)
             run_config.checkpoint_config = tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)
+            run_config.stop = final_report
             tuner = tune.Tuner(trainable, param_space={"run_id": tune.grid_search(list(by_id)),
                                                        "rho": tune.sample_from(partial(point_value, points, "rho"))},
                                tune_config=tune.TuneConfig(scheduler=sched, max_concurrent_trials=engine.workers,
                                                            reuse_actors=True),
                                run_config=run_config)
-        with tune_env(buffered=False):
+        with tune_env(buffered=False), seeded_random(space.sampler_seed):
             grid = tuner.fit()
         raise_write_error(grid)
     store.consolidate()

@@ -8,12 +8,14 @@ is true) reads ``runs.parquet``, ``curves.parquet``, ``searches.parquet``, ``any
   (:mod:`~hpo_bench.report.verdicts`), cost per replicate relative to one SAM run, the whole study's
   compute, the equal-budget comparison (:mod:`~hpo_bench.report.budget`), average ranks across settings
   (:mod:`~hpo_bench.report.cd`), ρ₀-robustness (Table 5), generalization metric (Table 6), label noise
-  (Table 4), hypergradient fidelity and the fraction of SAM steps / SAMAR's final λ;
+  (Table 4), hypergradient fidelity, the fraction of SAM steps / SAMAR's final λ and the signal-to-noise
+  of the learned-ρ hypergradient dM/dν (updates per run, SNR overall and in the first / last third of
+  training, share of updates that lower ρ);
 * figures in ``RUN_DIR/figures/``: accuracy vs grad evals and vs wall time per replicate with the Pareto
-  front, critical-difference diagrams, ρ_t trajectories coloured by ρ₀, generalization gap and training
-  loss vs epoch, AE-SAM's fraction of SAM steps, SAMAR's λ_t, the anytime curves on the per-replicate axis
-  and LETS's estimate against the exact hypergradient. A figure whose data are absent is skipped and the
-  report says so.
+  front, critical-difference diagrams, ρ_t trajectories coloured by ρ₀ (each seed thin, the mean over
+  seeds thick), generalization gap and training loss vs epoch, AE-SAM's fraction of SAM steps, SAMAR's
+  λ_t, the anytime curves on the per-replicate axis and LETS's estimate against the exact hypergradient.
+  A figure whose data are absent is skipped and the report says so.
 
 A directory written by ``hpo-bench fidelity`` (no runs) gets a report of its fidelity table and figure.
 
@@ -62,6 +64,7 @@ from hpo_bench.report.tables import (
     metric_table,
     noise_table,
     rho0_table,
+    snr_table,
     study_table,
 )
 from hpo_bench.report.verdicts import key
@@ -225,6 +228,7 @@ def write_report(run_dir, fmt: str = "md") -> Path:
     stats = main_table(doc, res, settings, entries)
     cost_table(doc, res, settings, entries)
     study_table(doc, res)
+    curves = Curves(res)
 
     def sam_cost(s):
         return (_sam_reference(entries, s) or {}).get("grad_evals")
@@ -240,11 +244,12 @@ def write_report(run_dir, fmt: str = "md") -> Path:
                  ("label-noise table", "a single label-noise level", noise_table(doc, res, settings, entries)),
                  ("hypergradient-fidelity table", "no fidelity_summary.parquet", fidelity_table(doc, res)),
                  ("adaptive-SAM table", "no sam_fraction / lambda_final columns",
-                  adaptive_table(doc, res, settings, entries))]
+                  adaptive_table(doc, res, settings, entries)),
+                 ("hypergradient signal-to-noise table", "no `dM_dnu` traces (no LETS / hypergradient runs)",
+                  snr_table(doc, res, settings, entries, curves.get("step")))]
     skipped_tables = [f"{name} ({why})" for name, why, done in optional if not done]
 
     styles = Styles([e.label for e in entries])
-    curves = Curves(res)
     cd = {name: (caption, summary) for name, caption, summary in ranks}
     per_rep = ("per replicate: one run of a plain method, one seed's trials of a search; bootstrap 95 % intervals "
                "over seeds; Pareto front of the means dashed")
@@ -262,7 +267,8 @@ def write_report(run_dir, fmt: str = "md") -> Path:
         ("rho_response", "ρ-response: test accuracy vs a fixed ρ (mean over seeds, band: bootstrap 95 % CI), "
                          "ERM dashed with its band", "no plain method with three or more fixed ρ values",
          lambda: fig_response(res, settings, entries, styles)),
-        ("rho_trajectories", "ρ_t trajectories by initial ρ₀ (one panel per method)",
+        ("rho_trajectories", ("ρ_t trajectories by initial ρ₀ (one panel per method; thin lines: each seed, "
+                              "thick: the mean over seeds)"),
          "no per-step ρ traces (no LETS / hypergradient runs)", lambda: fig_rho(res, settings, entries, curves)),
         ("generalization_gap", "Generalization gap vs epoch (test − train loss; train − test accuracy)",
          "no per-epoch train/test curves",

@@ -1,6 +1,7 @@
 """The report's figures drawn from the training curves (``curves.parquet``, or the finished runs'
 trials while it is absent, read through ``ResultsStore``): ρ_t trajectories, per-epoch curves
-(generalization gap, training loss) and per-step traces (AE-SAM's SAM steps, SAMAR's λ_t)."""
+(generalization gap, training loss) and per-step traces (AE-SAM's SAM steps, SAMAR's λ_t); and the
+signal-to-noise of the learned-ρ hypergradient dM/dν from its per-step trace (:func:`dnu_snr`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,6 +12,7 @@ from matplotlib.colors import LogNorm
 from hpo_bench.report.document import _setting_title
 from hpo_bench.report.figures import _int_x, _legend, _log_axis, _panels
 from hpo_bench.report.load import Results
+from hpo_bench.stats import t_ci
 from hpo_bench.store import ResultsStore
 
 
@@ -19,7 +21,7 @@ class Curves:
     finished runs' trials/<run_id>.parquet while it is absent)."""
 
     EPOCH = ["train_loss", "train_acc", "test_loss", "test_acc"]
-    STEP = ["rho", "sam_step", "lambda"]
+    STEP = ["rho", "sam_step", "lambda", "dM_dnu"]
 
     def __init__(self, res: Results):
         self.res = res
@@ -47,18 +49,34 @@ class Curves:
         return df.pivot_table(index=["run_id", idx], columns="metric", values="value", aggfunc="mean").reset_index()
 
 
-def fig_rho(res, settings, entries, curves):
-    """ρ_t of every run that traces it (LETS, the exact hypergradient, PBT's members), mean over seeds per ρ₀."""
-    plain = [e for e in entries if e.kind in ("plain", "search")]
-    step = curves.get("step")
-    ids = set(step.loc[step["metric"] == "rho", "run_id"]) if len(step) else set()
-    if not ids:
-        return None
+def _rho_panels(entries, ids) -> dict:
+    """{(setting, method): [(entry, its runs whose ρ_t is traced)]} over the plain methods and searches."""
     panels = {}
-    for e in plain:
+    for e in entries:
+        if e.kind not in ("plain", "search"):
+            continue
         runs = e.rows[e.rows["run_id"].isin(ids)]
         if len(runs):
             panels.setdefault((e.setting, e.method), []).append((e, runs))
+    return panels
+
+
+def _draw_rho(ax, wide, color, rho0) -> None:
+    """Each run's ρ_t as a thin, semi-transparent line, and the mean over seeds of ρ_t per step as a thick
+    line on top of them."""
+    for _, g in wide.sort_values("step").groupby("run_id", sort=False):
+        ax.plot(g["step"], g["rho"], color=color, lw=0.6, alpha=0.3)
+    mean = wide.groupby("step")["rho"].mean()
+    ax.plot(mean.index, mean.values, color=color, lw=1.6, zorder=3, label=f"ρ₀={rho0:g}")
+
+
+def fig_rho(res, settings, entries, curves):
+    """ρ_t of every run that traces it (LETS, the exact hypergradient, PBT's members), one panel per
+    (setting, method): each seed's ρ_t thin and semi-transparent, the mean over seeds per ρ₀ thick, both in
+    the colour of ρ₀."""
+    step = curves.get("step")
+    ids = set(step.loc[step["metric"] == "rho", "run_id"]) if len(step) else set()
+    panels = _rho_panels(entries, ids) if ids else {}
     if not panels:
         return None
     rho0s = sorted({float(r) for lst in panels.values() for _, runs in lst for r in runs["rho0"].dropna()})
@@ -72,19 +90,80 @@ def fig_rho(res, settings, entries, curves):
             if wide.empty:
                 continue
             rho0 = float(runs["rho0"].iloc[0])
-            mean = wide.groupby("step")["rho"].mean()
-            color = cmap(0.85 * norm(rho0)) if norm else "tab:blue"
-            ax.plot(mean.index, mean.values, color=color, lw=1.3, label=f"ρ₀={rho0:g}")
+            _draw_rho(ax, wide, cmap(0.85 * norm(rho0)) if norm else "tab:blue", rho0)
         _log_axis(ax, "y", [v for line in ax.get_lines() for v in line.get_ydata()])
         ax.set_xlabel("training step")
         ax.set_ylabel("ρ_t (log scale)")
         title = key[1] + (f"\n{_setting_title(res.setting_cols, key[0])}" if len(settings) > 1 else "")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3, which="both")
-    _legend(fig, axes, "initial ρ₀ (mean over seeds)")
+    _legend(fig, axes, "initial ρ₀ (thick: mean over seeds;\nthin: each seed)")
     if len(panels) > len(keys):
         res.notes.append(f"ρ_t figure: {len(panels) - len(keys)} of {len(panels)} panels not drawn (24 at most).")
     return fig
+
+
+SNR_STATS = ("snr", "frac_pos", "snr_first", "snr_last")
+
+
+def dnu_updates(step: pd.DataFrame) -> pd.DataFrame:
+    """The ν-updates among the ``dM_dnu`` rows of a step-curves frame: (run_id, step, value) sorted by run and
+    step, without NaN (a step without an update) and without a value equal to the run's previous traced one
+    (the exact hypergradient holds its last value between its updates every U steps: one update, counted once)."""
+    d = step.loc[step["metric"] == "dM_dnu", ["run_id", "step", "value"]].dropna(subset=["value"])
+    d = d.sort_values(["run_id", "step"], kind="stable")
+    held = d["value"].eq(d.groupby("run_id")["value"].shift())
+    return d[~held].reset_index(drop=True)
+
+
+def _snr(values: np.ndarray) -> float:
+    """|mean| / standard deviation (ddof=1) of the values; NaN with fewer than two values or no spread."""
+    if len(values) < 2:
+        return np.nan
+    sd = float(np.std(values, ddof=1))
+    return abs(float(np.mean(values))) / sd if sd > 0 else np.nan
+
+
+def _run_snr(values: np.ndarray, steps: np.ndarray, total: float) -> dict:
+    """One run's updates: their number, SNR, fraction > 0, and the SNR of those in the first third
+    (step < total/3) and the last third (step ≥ 2·total/3) of its ``total`` training steps."""
+    return {"n_updates": len(values), "snr": _snr(values),
+            "frac_pos": float(np.mean(values > 0)) if len(values) else np.nan,
+            "snr_first": _snr(values[steps < total / 3]), "snr_last": _snr(values[steps >= 2 * total / 3])}
+
+
+def dnu_snr_runs(step: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run of ``runs`` with traced ν-updates (:func:`dnu_updates`): run_id, n_updates, snr,
+    frac_pos, snr_first, snr_last (:func:`_run_snr`); a run's training length is its ``steps`` column,
+    or its last traced step + 1 where that is absent."""
+    upd = dnu_updates(step)
+    upd = upd[upd["run_id"].isin(runs["run_id"])]
+    length = runs.set_index("run_id")["steps"] if "steps" in runs else pd.Series(dtype=float)
+    out = []
+    for rid, g in upd.groupby("run_id", sort=False):
+        total = float(length.get(rid, np.nan))
+        steps = g["step"].to_numpy(float)
+        total = total if np.isfinite(total) and total > 0 else float(steps.max()) + 1
+        out.append({"run_id": rid, **_run_snr(g["value"].to_numpy(float), steps, total)})
+    return pd.DataFrame(out, columns=["run_id", "n_updates", *SNR_STATS])
+
+
+def dnu_snr(step: pd.DataFrame, runs: pd.DataFrame, by: str = "method") -> pd.DataFrame:
+    """Signal-to-noise of dM/dν per group of ``runs`` (column ``by``), from the step curves: runs (those with
+    traced updates), updates (mean per run), and for each of snr, frac_pos, snr_first, snr_last
+    (:func:`dnu_snr_runs`) the mean over seeds (a seed's runs averaged first) with its Student-t 95 %
+    interval (columns ``<stat>``, ``<stat>_low``, ``<stat>_high``; runs where a statistic is undefined left out)."""
+    per_run = dnu_snr_runs(step, runs).merge(runs[["run_id", "seed", by]], on="run_id")
+    out = []
+    for key, g in per_run.groupby(by, sort=False):
+        seeds = g.groupby("seed")[list(SNR_STATS)].mean()
+        row = {by: key, "runs": len(g), "updates": float(g["n_updates"].mean())}
+        for c in SNR_STATS:
+            ci = t_ci(seeds[c].to_numpy(float))
+            row.update({c: ci.estimate, f"{c}_low": ci.low, f"{c}_high": ci.high})
+        out.append(row)
+    stats = [f"{c}{x}" for c in SNR_STATS for x in ("", "_low", "_high")]
+    return pd.DataFrame(out, columns=[by, "runs", "updates", *stats])
 
 
 def _epoch_means(curves, e, fn) -> pd.Series | None:

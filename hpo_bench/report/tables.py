@@ -1,6 +1,7 @@
 """The report's markdown tables: test accuracy with intervals and paired comparisons, cost per replicate
 (relative to one SAM run), the whole study's compute, robustness to ρ₀, generalization metric, label noise,
-hypergradient fidelity and the adaptive-SAM statistics. Bold follows :data:`verdicts.RULE` everywhere.
+hypergradient fidelity, the adaptive-SAM statistics and the signal-to-noise of the learned-ρ
+hypergradient dM/dν. Bold follows :data:`verdicts.RULE` everywhere.
 
 Each optional table returns whether it was written (its data may be absent)."""
 from __future__ import annotations
@@ -9,6 +10,7 @@ import math
 
 import pandas as pd
 
+from hpo_bench.report.curves import dnu_snr
 from hpo_bench.report.document import (
     _bold,
     _ci,
@@ -29,7 +31,7 @@ from hpo_bench.report.verdicts import (
     smoke_text,
     verdict_text,
 )
-from hpo_bench.stats import MIN_SEEDS_FOR_VERDICT, mean_ci
+from hpo_bench.stats import MIN_SEEDS_FOR_VERDICT, Interval, mean_ci
 
 # ============================================================================= tables
 
@@ -314,6 +316,62 @@ def adaptive_table(doc, res, settings, entries) -> bool:
             out.append([e.label, e.strategy, _pct(f.mean(), mean_ci(f.to_numpy())) if f is not None else "—",
                         _ci(mean_ci(lam.to_numpy()), scale=1.0, digits=3) if lam is not None else "—"])
         return out
+
+    _per_setting(doc, res, settings, rows, headers)
+    return True
+
+
+SNR_TEXT = ("Signal-to-noise of the hypergradient dM/dν (ν = log ρ) that moves ρ, from the per-step `dM_dnu` trace "
+            "of the ok runs. Updates per run: the traced ν-updates (NaN marks a step without one; the exact "
+            "hypergradient, updated every U steps, holds its last value in between and is counted once). SNR = "
+            "|mean| / standard deviation (ddof = 1) of a run's updates, undefined with fewer than two updates or no "
+            "spread; first / last third: the same over the updates in the first and the last third of the run's "
+            "training steps, so a fading signal shows as a lower SNR late. Sign: ν takes Adam descent steps "
+            "(ν ← ν − lr·m̂/√v̂), so an update with dM/dν < 0 raises ρ and one with dM/dν > 0 lowers it; "
+            "dM/dν > 0 (%) is the fraction of a run's updates that push ρ down (50 %: no preferred direction). "
+            "Each column: the mean over seeds (a seed's runs averaged first) with its Student-t 95 % interval.")
+
+
+def _snr_cell(row, c: str, scale: float, digits: int) -> str:
+    """The statistic c of a :func:`~hpo_bench.report.curves.dnu_snr` row as 'mean [low, high]'."""
+    return _ci(Interval(row[c], row[f"{c}_low"], row[f"{c}_high"]), scale=scale, digits=digits)
+
+
+def _snr_runs(entries, ids) -> list:
+    """[(entry, its ok runs with a traced dM_dnu, labelled)] over the plain methods and searches."""
+    out = []
+    for e in entries:
+        if e.kind in ("plain", "search"):
+            ok = e.rows[(e.rows["status"] == "ok") & e.rows["run_id"].isin(ids)]
+            if len(ok):
+                out.append((e, ok.assign(label=e.label)))
+    return out
+
+
+def _snr_row(e, r) -> list:
+    """The table row of one entry from its :func:`~hpo_bench.report.curves.dnu_snr` row."""
+    return [e.label, e.strategy, str(int(r["runs"])), _count(r["updates"]), _snr_cell(r, "snr", 1.0, 3),
+            _snr_cell(r, "frac_pos", 100.0, 1), _snr_cell(r, "snr_first", 1.0, 3), _snr_cell(r, "snr_last", 1.0, 3)]
+
+
+def snr_table(doc, res, settings, entries, step: pd.DataFrame) -> bool:
+    """Per method that traces dM_dnu (and setting): updates per run, SNR overall and in the first and last
+    third of training, and the fraction of updates with dM/dν > 0 (:func:`~hpo_bench.report.curves.dnu_snr`)."""
+    ids = set(step.loc[(step["metric"] == "dM_dnu") & step["value"].notna(), "run_id"]) if len(step) else set()
+    runs = _snr_runs(entries, ids)
+    if not runs:
+        return False
+    doc.section("Hypergradient signal-to-noise")
+    doc.p(SNR_TEXT)
+    headers = ["method", "strategy", "runs", "updates per run", "SNR [95% CI]", "dM/dν > 0 (%) [95% CI]",
+               "SNR first third [95% CI]", "SNR last third [95% CI]"]
+
+    def rows(s):
+        mine = [(e, r) for e, r in runs if e.setting == s]
+        if not mine:
+            return []
+        table = dnu_snr(step, pd.concat([r for _, r in mine]), by="label").set_index("label")
+        return [_snr_row(e, table.loc[e.label]) for e, _ in mine if e.label in table.index]
 
     _per_setting(doc, res, settings, rows, headers)
     return True
