@@ -12,6 +12,10 @@ every N-th step t and at the SAME state S_t = (θ_t, BN buffers, SGD momentum) i
 * ``exact_kK``      — the exact dM/dν through K steps: the real batch B_t followed by K−1 training
                       batches from the auxiliary training stream, with the cosine lrs of steps t … t+K−1,
 
+and the **same-batch decomposition** of ``lets_appendix`` (:meth:`FidelityProbe._same_batch_terms`;
+summarized in the report by :func:`hpo_bench.report.probe.same_batch_summary`): its training term on the batch just trained on (``lets_train_same``) and on
+a fresh training batch (``lets_train_fresh``, with the whole fresh-batch estimate ``lets_fresh``),
+
 all for the same metric M, the same validation batch B^vl_t (drawn per ``protocol``: the training set
 by default, as LETS's default; ``protocol = "clean"`` in the method's params: the held-out split) and
 (for LETS and K = 1) the same training batch B_t; M is evaluated on the last unrolled training batch (LETS's convention). The LETS
@@ -116,11 +120,34 @@ class FidelityProbe(Strategy):
         for gb in ("appendix", "literal"):
             d = gb_direction(gb, self.kind, self.eps_hat, self.g_hat, gt, self.scales)
             est[f"lets_{gb}"] = float(self.rho * lets_dM_drho(g_a, self.g_hat, d, ctx.lr))
+        est.update(self._same_batch_terms(ctx, lv, gv, lt, gt, est["lets_appendix"]))
         self.rows.append({"step": ctx.step, "epoch": ctx.epoch, "lr": ctx.lr, "rho": self.rho, "K": self.unroll,
                           "M_lets": float(M), "M_k1": self.k1.M, "M_kK": self.kK.M, **est,
                           "exact_k1": self.k1.dM_dnu, "exact_kK": self.kK.dM_dnu,
                           "time_k1_s": self.times[0], "time_kK_s": self.times[1]})
         self.g_hat = self.val = None
+
+
+    def _lets(self, ctx, lv, gv, lt, gt) -> float:
+        """LETS's Appendix-A estimate of dM/dν from these validation and training losses and gradients."""
+        _, g_a = metric_and_grad(self.metric, lv, gv, lt, gt)
+        return float(self.rho * lets_dM_drho(g_a, self.g_hat, self.eps_hat, ctx.lr))
+
+    def _same_batch_terms(self, ctx, lv, gv, lt, gt, lets_same: float) -> dict:
+        """The estimate split into its validation and training terms, with the training batch the step has
+        just trained on (Algorithm 1, step 8) and with a fresh one from the auxiliary training stream.
+
+        g_a is linear in the training gradient (every metric of :data:`METRICS`), so the validation term is
+        the estimate with the training gradient set to zero and the training term the rest:
+        ``lets_train_same`` = ``lets_appendix`` − that validation term; ``lets_fresh`` is the whole estimate
+        with the fresh batch's loss and gradient, ``lets_train_fresh`` its training term.
+        """
+        zero = [torch.zeros_like(t) for t in gt]
+        x, y = ctx.val_batch("train")
+        lf, gf = ctx.loss_grad(x, y)
+        fresh = self._lets(ctx, lv, gv, lf, gf)
+        return {"lets_train_same": lets_same - self._lets(ctx, lv, gv, lt, zero), "lets_fresh": fresh,
+                "lets_train_fresh": fresh - self._lets(ctx, lv, gv, lf, zero)}
 
 
 def fidelity_summary(table: pd.DataFrame) -> pd.DataFrame:

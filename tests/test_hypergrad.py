@@ -269,6 +269,19 @@ def test_fidelity_table_and_summary():
         ("lets_appendix", "exact_k1"), ("lets_appendix", "exact_kK"), ("lets_literal", "exact_k1"),
         ("lets_literal", "exact_kK"), ("exact_k1", "exact_kK")}
     assert summary["sign_agreement"].between(0, 1).all()
+    # the same-batch decomposition: validation term + training term = the estimate, for either batch
+    from hpo_bench.report.probe import same_batch_summary
+
+    assert {"lets_train_same", "lets_train_fresh", "lets_fresh"} <= set(table.columns)
+    assert (table["lets_train_same"] != table["lets_train_fresh"]).all()  # another batch, another term
+    sb = same_batch_summary(table)
+    assert list(sb["n"]) == [len(table)] * 2 and sb["train_term_positive"].between(0, 1).all()
+    assert sb["median_abs_train_term_vs_fresh"].iloc[1] == pytest.approx(1.0)
+    # M = validation loss has no training term: both terms vanish and the batch does not matter
+    vl, _, _ = run_fidelity(data, "tiny_bn", cfg, 0.1, seed=0, every=2, unroll=1, metric="val_loss")
+    assert (vl["lets_train_same"] == 0).all() and (vl["lets_train_fresh"] == 0).all()
+    assert vl["lets_fresh"].to_numpy() == pytest.approx(vl["lets_appendix"].to_numpy(), rel=1e-12, abs=0)
+    assert (vl["lets_appendix"] != 0).all()
     # the probe's trajectory is the plain SAM run's
     ref = Trainer(data, "tiny_bn", cfg, create_strategy("sam", 0.1), seed=0).fit()
     strip = lambda res: [{k: v for k, v in e.items() if k not in ("wall_s", "grad_evals")} for e in res.epochs]
