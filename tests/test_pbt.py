@@ -80,16 +80,36 @@ def test_pbt_population_and_validation():
         tiny_spec("ray", kind="pbt", quantile_fraction=0.7)
 
 
-def test_pb2_without_its_packages_fails_in_one_line(tmp_path, ray_session):
-    try:
-        import GPy  # noqa: F401
-        import sklearn  # noqa: F401
-        pytest.skip("GPy and scikit-learn are installed")
-    except ImportError:
-        pass
+def test_pb2_without_its_packages_fails_in_one_line(tmp_path, monkeypatch):
+    import builtins
+
+    from hpo_bench.engines import ray_pbt
+
+    real_import = builtins.__import__
+
+    def no_gpy(name, *args, **kwargs):
+        if name in ("GPy", "sklearn"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_gpy)
+    monkeypatch.setattr(ray_pbt, "_SCHEDULERS", {})
     spec = tiny_spec("ray", kind="pb2", grid=GRID, seeds=(0,), epochs=2)
     with pytest.raises(RuntimeError, match=r"^search\.kind 'pb2' needs the packages GPy and scikit-learn"):
         run_search(spec, spec.methods[0], {}, ResultsStore(tmp_path / "run"))
+
+
+def test_pb2_explores_rho_with_its_gp_bandit(tmp_path, ray_session):
+    spec = tiny_spec("ray", kind="pb2", grid=GRID, seeds=(0,), epochs=4, workers=4, cpus_per_trial=0.25,
+                     quantile_fraction=0.5, perturbation_interval=1, rho_min=0.005, rho_max=6.0)
+    store = ResultsStore(tmp_path / "run")
+    summary = run_search(spec, spec.methods[0], {}, store)[0]["summary"]
+    runs = store.consolidate()
+    assert len(runs) == len(GRID) and set(runs["status"]) == {"ok"} and set(runs["search"]) == {"pb2/ray"}
+    assert runs["pbt_exploits"].sum() >= 1
+    explored = runs.loc[runs["pbt_exploits"] > 0, "rho_final"]
+    assert explored.between(0.005, 6.0).all()  # PB2 proposes rho inside [rho_min, rho_max]
+    assert summary["cost_grad_evals"] == pytest.approx(runs["grad_evals"].sum())
 
 
 SPEC = f"""

@@ -253,8 +253,8 @@ def _scheduler_class(kind: str):
             import GPy  # noqa: F401
             import sklearn  # noqa: F401
         except ImportError:
-            raise RuntimeError("search.kind 'pb2' needs the packages GPy and scikit-learn (pip install GPy "
-                               "scikit-learn); allowed without them: kind 'pbt'") from None
+            raise RuntimeError("search.kind 'pb2' needs the packages GPy and scikit-learn (pip install "
+                               "'hpo-bench[pb2]'); allowed without them: kind 'pbt'") from None
         from ray.tune.schedulers.pb2 import PB2 as base
     else:
         from ray.tune.schedulers import PopulationBasedTraining as base
