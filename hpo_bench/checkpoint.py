@@ -1,7 +1,7 @@
 """Mid-run checkpoints (``train.checkpoint_every``): a run's full state, so a killed run resumes bit for bit.
 
-Every ``checkpoint_every`` epochs, after the epoch's evaluation (and its ``on_epoch`` callback), the
-trainer writes ``<results dir>/checkpoints/<run_id>.pt`` (:meth:`ResultsStore.checkpoint_path`)
+Every ``checkpoint_every`` epochs, after the epoch's evaluation and before its ``on_epoch`` callback
+(which may hand the checkpoint on: the Ray engine reports it as a Tune checkpoint), the trainer writes ``<results dir>/checkpoints/<run_id>.pt`` (:meth:`ResultsStore.checkpoint_path`)
 atomically: a temporary file beside it, fsynced and renamed, so a kill leaves the previous
 checkpoint or the new one, never a torn one. It holds everything the rest of the run depends on:
 

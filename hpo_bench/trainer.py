@@ -319,15 +319,16 @@ class Trainer:
         try:
             for epoch in range(first, cfg.epochs):
                 self.train_epoch(ctx, epoch, result.traces)
+                row = None
                 if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                     row = self._epoch_row(ctx, epoch)
                     result.epochs.append(row)
                     if self.progress is not None:
                         self.progress.set_postfix(val_acc=f"{row['val_acc']:.3f}", loss=f"{row['train_loss']:.3f}")
-                    if self.on_epoch is not None:
-                        self.on_epoch(row)
-                if ckpt is not None and ckpt.due(epoch, cfg.epochs):
+                if ckpt is not None and ckpt.due(epoch, cfg.epochs):  # before on_epoch, which may report it
                     ckpt.save(self, ctx, result, epoch)
+                if row is not None and self.on_epoch is not None:
+                    self.on_epoch(row)
         except RunStopped as stop:
             result.status, result.reason, result.stop_step = stop.status, stop.reason, stop.step
         except Diverged as err:

@@ -398,3 +398,35 @@ def test_ray_started_by_a_search_is_shut_down_when_it_ends(tmp_path):
             "assert not ray.is_initialized()\nprint('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_ray_grid_trials_report_their_checkpoints_and_resume_from_tune_s(tmp_path, ray_session, monkeypatch):
+    """With train.checkpoint_every, a grid trial's epoch reports carry its checkpoint as Tune's own; a trial that
+    Tune restarts from such a checkpoint (no store checkpoint there, e.g. another node) resumes mid-run, same bits."""
+    from ray import tune
+
+    from hpo_bench.engines.ray_trainables import CHECKPOINT_FILE, adopt_tune_checkpoint
+    from hpo_bench.execute import execute_trial, trial_checkpointer
+    from hpo_bench.trainer import Trainer
+
+    spec = tiny_spec("ray", grid=(0.05,), seeds=(0,), epochs=3, train={"checkpoint_every": 1})
+    store = ResultsStore(tmp_path / "ray")
+    run_search(spec, spec.methods[0], {}, store)
+    row = store.consolidate().iloc[0]
+    saved = sorted((tmp_path / "ray" / "ray").glob(f"*/*/checkpoint_*/{CHECKPOINT_FILE}"))
+    assert len(saved) == 2  # after epochs 1 and 2 (none after the last: the row follows)
+    assert not list(store.checkpoint_path("x").parent.glob("*.pt"))  # the store's own are removed at the end
+
+    trial = grid_trials(spec, spec.methods[0], {}, "grid/ray")[0]
+    fresh = ResultsStore(tmp_path / "fresh")
+    ckpt = trial_checkpointer(trial, fresh)
+    assert adopt_tune_checkpoint(ckpt, tune.Checkpoint.from_directory(str(saved[0].parent)))
+    assert not adopt_tune_checkpoint(ckpt, tune.Checkpoint.from_directory(str(saved[1].parent)))  # the store's wins
+    epochs_trained = []
+    real = Trainer.train_epoch
+    monkeypatch.setattr(Trainer, "train_epoch", lambda self, ctx, epoch, traces: (epochs_trained.append(epoch),
+                                                                                   real(self, ctx, epoch, traces)))
+    resumed = execute_trial(trial, fresh)
+    assert epochs_trained == [1, 2]  # resumed after the first epoch
+    for key in ("best_val_acc", "test_acc", "last_train_loss", "grad_evals", "epochs_done"):
+        assert resumed[key] == row[key], key

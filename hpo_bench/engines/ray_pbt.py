@@ -79,6 +79,7 @@ from hpo_bench.engines.ray_setup import (
     tune_env,
 )
 from hpo_bench.engines.ray_trainables import (
+    CHECKPOINT_FILE,
     _enter_trial,
     _node_id,
     point_value,
@@ -89,7 +90,6 @@ from hpo_bench.store import ResultsStore, atomic_write_text
 from hpo_bench.trial import Trial
 
 POPULATION_KINDS = ("pbt", "pb2")
-STATE_FILE = "state.pt"
 KEEP_CHECKPOINTS = 4  # per member, in the Tune experiment: its states at the last 4 perturbation points
 
 
@@ -147,7 +147,7 @@ class MemberCheckpointer(Checkpointer):
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as tmp:
-            self.path, self.disabled = Path(tmp) / STATE_FILE, False
+            self.path, self.disabled = Path(tmp) / CHECKPOINT_FILE, False
             super().save(trainer, ctx, result, epoch)
             self.path = self.store.checkpoint_path(self.run_id)
             tune.report(metrics, checkpoint=None if self.disabled else Checkpoint.from_directory(tmp))
@@ -160,7 +160,7 @@ class MemberCheckpointer(Checkpointer):
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE_FILE, map_location=_placer(torch.device(device)),
+            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=_placer(torch.device(device)),
                                weights_only=True)
         donor = state.get("run_id")
         if donor != self.run_id:  # an exploit: the clone's model and history, this member's own ledger

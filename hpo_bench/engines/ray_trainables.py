@@ -18,23 +18,33 @@ Reporting (grid/ASHA): each epoch except the last is reported with ``tune.report
 written a final report (``phase = "final"``) carries the run's status, best/last validation
 accuracy, cost, and the Ray node that ran it (``node_id``). So a scheduler decision can never
 interrupt a run between its last epoch and the write of its row.
+
+Checkpoints (grid/ASHA, ``train.checkpoint_every``): the epoch report after which the run wrote its
+checkpoint to the results store carries that state as a Tune checkpoint (``state.pt``), so Tune keeps
+it with the trial. When Tune restarts the trial (``FailureConfig`` retries, ``Tuner.restore``), the
+trainable puts ``tune.get_checkpoint()`` where the run resumes from unless the store already has a
+checkpoint of the run (:func:`adopt_tune_checkpoint`): on a node that does not share the store's
+filesystem the run still resumes mid-run, with the same bits.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from hpo_bench.engines.common import finite, from_template, mean_value, row_value
-from hpo_bench.execute import execute_trial, result_curves, result_row, trial_trainer
-from hpo_bench.store import ResultsStore, atomic_write_text
+from hpo_bench.execute import execute_trial, result_curves, result_row, trial_checkpointer, trial_trainer
+from hpo_bench.store import ResultsStore, atomic_path, atomic_write_text
 from hpo_bench.trainer import RunResult, resolve_device
 from hpo_bench.trial import Trial
 
 TRAINABLE_FILE = "hpo_bench_trainable.json"
+CHECKPOINT_FILE = "state.pt"  # a run's checkpoint (hpo_bench.checkpoint format) inside a Tune checkpoint
 
 
 def _enter_trial(cwd: str, threads: int) -> None:
@@ -67,13 +77,21 @@ def make_grid_trainable(trials_by_id: dict, store_root: str, device, cwd: str, t
         trial = Trial.from_dict(trials_by_id[config["run_id"]])
         rid, epochs = trial.run_id, int(trial.train["epochs"])
         store = ResultsStore(store_root)
+        ckpt = trial_checkpointer(trial, store)
+        adopt_tune_checkpoint(ckpt, tune.get_checkpoint())
         c0 = time.process_time()
 
         def on_epoch(row):
             if row["epoch"] >= epochs:  # the last epoch is reported after the row is written
                 return
-            tune.report({**row, "run_id": rid, "phase": "epoch", "cpu_s": time.process_time() - c0,
-                         "epoch_keys": ",".join(row)})
+            metrics = {**row, "run_id": rid, "phase": "epoch", "cpu_s": time.process_time() - c0,
+                       "epoch_keys": ",".join(row)}
+            if not (ckpt.due(row["epoch"] - 1, epochs) and ckpt.path.is_file()):
+                tune.report(metrics)
+                return
+            with tempfile.TemporaryDirectory() as folder:  # the checkpoint just written, as Tune's own
+                shutil.copyfile(ckpt.path, Path(folder) / CHECKPOINT_FILE)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
         row = execute_trial(trial, store, device=device, on_epoch=on_epoch)
         last_val = row.get("last_val_acc")
@@ -105,6 +123,22 @@ def make_tpe_trainable(template: dict, seeds: list, store_root: str, device, cwd
                          "n_ok": sum(1 for r in rows if row_value(r) is not None), "node_id": _node_id()})
 
     return hpo_rho
+
+
+def adopt_tune_checkpoint(ckpt, checkpoint) -> bool:
+    """Put the state of Tune's ``checkpoint`` (a grid trial restarted by ``FailureConfig`` or
+    ``Tuner.restore``, possibly on another node) where the run resumes from, unless the results store
+    already holds a checkpoint of the run (the same or a later state); whether it did."""
+    if checkpoint is None or ckpt.path.is_file():
+        return False
+    with checkpoint.as_directory() as folder:
+        source = Path(folder) / CHECKPOINT_FILE
+        if not source.is_file():
+            return False
+        ckpt.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(ckpt.path) as tmp:
+            shutil.copyfile(source, tmp)
+    return True
 
 
 _MAKERS = {"grid": make_grid_trainable, "tpe": make_tpe_trainable}
