@@ -77,7 +77,7 @@ class _Hypergrad(RhoLearningStrategy):
         self.learner = RhoLearner(self.rho0, self.params, self.name, lr_scale=scale)
         self.rho = self.rho_used = self.learner.rho
         self.metric_M = self.dM_dnu = math.nan
-        self.n_unrolls = 0
+        self.n_unrolls, self.updated = 0, False
 
     def perturbation(self, ctx, g):
         self.rho = self.rho_used = self.learner.rho
@@ -87,6 +87,7 @@ class _Hypergrad(RhoLearningStrategy):
 
     def after_update(self, ctx):
         p, tr = self.params, self.trainer
+        self.updated = False
         if (ctx.step + 1) % p.every != 0:
             return
         total, source = tr.total_steps, PROTOCOL_SOURCE[p.protocol]
@@ -104,8 +105,12 @@ class _Hypergrad(RhoLearningStrategy):
         self.n_unrolls += p.samples
         self.learner.update(self.dM_dnu, ctx.step, ctx.epoch)
         self.rho = self.learner.rho
+        self.updated = True
 
     def trace(self):
+        """ρ used by the step; M and dM/dν only at a step that updated ν (NaN at the U − 1 steps between)."""
+        if not self.updated:
+            return {"rho": self.rho_used, "metric_M": math.nan, "dM_dnu": math.nan}
         return {"rho": self.rho_used, "metric_M": self.metric_M, "dM_dnu": self.dM_dnu}
 
     def summary(self):

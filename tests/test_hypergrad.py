@@ -201,6 +201,10 @@ def test_hypergrad_sam_learns_rho_and_huge_beta_diverges():
     res = make_trainer("hypergrad-asam", 0.5, {"beta": 0.05, "every": 2, "unroll": 2}).fit()
     assert res.status == "ok" and res.summary["rho_final"] != 0.5
     assert {"rho", "metric_M", "dM_dnu"} <= set(res.traces[-1])
+    updated = [t for t in res.traces if (t["step"] + 1) % 2 == 0]  # every = 2: the steps that update nu
+    between = [t for t in res.traces if (t["step"] + 1) % 2]
+    assert updated and all(math.isfinite(t["dM_dnu"]) and math.isfinite(t["metric_M"]) for t in updated)
+    assert between and all(math.isnan(t["dM_dnu"]) and math.isnan(t["metric_M"]) for t in between)
     res = make_trainer("hypergrad-sam", 0.05, {"beta": 1e300, "every": 1, "unroll": 1}).fit()
     assert res.status == "diverged" and "rho" in res.reason
 

@@ -609,14 +609,15 @@ def _step_rows(rid, steps, values, metric="dM_dnu") -> list:
 
 
 def test_dnu_snr_on_known_traces():
-    """SNR = |mean| / sd (ddof 1) of each run's updates: NaN steps are not updates, a value held from the previous
-    traced step is one update, thirds split the run's training steps; groups: mean over seeds with a t interval."""
+    """SNR = |mean| / sd (ddof 1) of each run's updates: NaN steps are not updates, thirds split the run's
+    training steps; groups: mean over seeds with a t interval."""
     rng = np.random.default_rng(3)
     first, middle, last = rng.normal(0.5, 0.25, 100), rng.normal(0.2, 1.0, 100), rng.normal(-0.05, 1.0, 100)
     a = np.concatenate([first, middle, last])
     a_traced = np.where(np.arange(300) % 4 == 3, np.nan, a)  # every 4th step without an update
     b = rng.normal(-0.3, 0.6, 30)
-    b_traced = np.concatenate([[np.nan] * 4, np.repeat(b, 10)])[:300]  # updated every 10 steps, held between
+    b_traced = np.full(300, np.nan)
+    b_traced[4::10] = b  # updated every 10 steps, NaN between
     rows = (_step_rows("a", range(300), a_traced) + _step_rows("b", range(300), b_traced)
             + _step_rows("c", range(300), [np.nan] * 299 + [0.1]) + _step_rows("a", range(300), a, metric="rho")
             + _step_rows("other", range(10), range(10)))

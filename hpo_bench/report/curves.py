@@ -108,12 +108,9 @@ SNR_STATS = ("snr", "frac_pos", "snr_first", "snr_last")
 
 def dnu_updates(step: pd.DataFrame) -> pd.DataFrame:
     """The ν-updates among the ``dM_dnu`` rows of a step-curves frame: (run_id, step, value) sorted by run and
-    step, without NaN (a step without an update) and without a value equal to the run's previous traced one
-    (the exact hypergradient holds its last value between its updates every U steps: one update, counted once)."""
+    step, without NaN (a step without an update: the exact hypergradient traces NaN between its updates)."""
     d = step.loc[step["metric"] == "dM_dnu", ["run_id", "step", "value"]].dropna(subset=["value"])
-    d = d.sort_values(["run_id", "step"], kind="stable")
-    held = d["value"].eq(d.groupby("run_id")["value"].shift())
-    return d[~held].reset_index(drop=True)
+    return d.sort_values(["run_id", "step"], kind="stable").reset_index(drop=True)
 
 
 def _snr(values: np.ndarray) -> float:

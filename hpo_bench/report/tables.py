@@ -322,8 +322,8 @@ def adaptive_table(doc, res, settings, entries) -> bool:
 
 
 SNR_TEXT = ("Signal-to-noise of the hypergradient dM/dν (ν = log ρ) that moves ρ, from the per-step `dM_dnu` trace "
-            "of the ok runs. Updates per run: the traced ν-updates (NaN marks a step without one; the exact "
-            "hypergradient, updated every U steps, holds its last value in between and is counted once). SNR = "
+            "of the ok runs. Updates per run: the traced ν-updates (NaN marks a step without one: the exact "
+            "hypergradient updates every U steps). SNR = "
             "|mean| / standard deviation (ddof = 1) of a run's updates, undefined with fewer than two updates or no "
             "spread; first / last third: the same over the updates in the first and the last third of the run's "
             "training steps, so a fading signal shows as a lower SNR late. Sign: ν takes Adam descent steps "
