@@ -119,11 +119,16 @@ def result_curves(run_id: str, result) -> pd.DataFrame:
     return out[["run_id", "scope", "epoch", "step", "metric", "value"]]
 
 
-def execute_trial(trial: Trial, store: ResultsStore, device=None, progress=None, on_epoch=None) -> dict:
-    """Run ``trial`` unless the store already has it (resuming from its checkpoint, if any); return its row."""
+def execute_trial(trial: Trial, store: ResultsStore, device=None, progress=None, on_epoch=None,
+                  checkpoint: Checkpointer | None = None) -> dict:
+    """Run ``trial`` unless the store already has it (resuming from its checkpoint, if any); return its row.
+
+    ``checkpoint``: the run's :class:`Checkpointer` when the caller needs the same one (its ``on_epoch``
+    reads it); by default :func:`trial_checkpointer`.
+    """
     if store.has(trial.run_id):
         return store.load_row(trial.run_id)
-    checkpoint = trial_checkpointer(trial, store)
+    checkpoint = checkpoint or trial_checkpointer(trial, store)
     row, curves = run_trial(trial, device=device, progress=progress, on_epoch=on_epoch, checkpoint=checkpoint)
     row["finished_at"] = time.time()
     store.write_run(row, curves)

@@ -93,7 +93,7 @@ def make_grid_trainable(trials_by_id: dict, store_root: str, device, cwd: str, t
                 shutil.copyfile(ckpt.path, Path(folder) / CHECKPOINT_FILE)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-        row = execute_trial(trial, store, device=device, on_epoch=on_epoch)
+        row = execute_trial(trial, store, device=device, on_epoch=on_epoch, checkpoint=ckpt)
         last_val = row.get("last_val_acc")
         tune.report({"run_id": rid, "phase": "final", "status": row.get("status", ""),
                      "val_acc": float(last_val) if finite(last_val) else 0.0,
