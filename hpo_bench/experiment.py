@@ -11,6 +11,12 @@ share the worker processes of one :class:`~hpo_bench.pool.TrialPool` (``--jobs``
    (each engine runs its own trials concurrently: ``search.workers``, default ``--jobs``);
 3. the evaluation runs of each search at its ρ*, and the methods with ``rho_from``.
 
+With worker processes (``--jobs`` > 1), phases 1 and 2 overlap: phase 1 runs from a driver thread
+(:func:`hpo_bench.units.start_units`) while the driver runs the searches, those whose trials train
+in their engine's own processes (Ray Tune) first, so that no core idles while Ray Tune sets up and
+the pool's workers meanwhile train phase 1. Searches on the pool (Optuna) queue their runs behind
+phase 1's. Phase 3 starts when both are done.
+
 Nested selection: a search that selects ρ* (grid, TPE, ASHA) runs on its *selection seeds*
 (``search.selection_seeds``, default 1000 + each spec seed); its reported accuracy comes from
 fresh *evaluation runs* at ρ* on the spec's seeds, which pair with every other method's runs
@@ -35,7 +41,7 @@ from hpo_bench.search import run_search, search_kind
 from hpo_bench.selection import with_evaluation
 from hpo_bench.store import ResultsStore
 from hpo_bench.trial import make_trial, method_trials
-from hpo_bench.units import population_units, run_units
+from hpo_bench.units import population_units, run_units, start_units
 
 
 def selection_spec(spec, method):
@@ -69,16 +75,22 @@ def _units(method, trials, store):
     return population_units(trials, store, batched)
 
 
-def _warm_engines(cases, first) -> dict:
-    """Warm up (in the background) each engine that phase 2 will use; {engine class: index of its last case}."""
+def _search_cases(cases, first) -> list:
+    """The cases phase 2 runs, in the order it runs them: searches whose trials train outside the pool
+    (Ray Tune) first, then the others, each group in the spec's order."""
+    todo = [c for c in cases if first[c[0], c[3]] is None and c[4].search is not None and not c[4].rho_from]
+    return sorted(todo, key=lambda c: ENGINES.get(search_kind(c[4]).cfg.engine).trains_on_pool)
+
+
+def _warm_engines(searches) -> dict:
+    """Warm up (in the background) each engine that phase 2 will use; {engine class: index of its last search}."""
     last = {}
-    for n, (i, setting, sspec, j, method) in enumerate(cases):
-        if first[i, j] is None and method.search is not None and not method.rho_from:
-            cfg = search_kind(method).cfg
-            cls = ENGINES.get(cfg.engine)
-            if cls not in last:
-                cls.warm_up(cfg)
-            last[cls] = n
+    for n, (i, setting, sspec, j, method) in enumerate(searches):
+        cfg = search_kind(method).cfg
+        cls = ENGINES.get(cfg.engine)
+        if cls not in last:
+            cls.warm_up(cfg)
+        last[cls] = n
     return last
 
 
@@ -90,24 +102,25 @@ def run_experiment(spec: ExperimentSpec, store: ResultsStore, device: str | None
     summaries: dict[tuple[int, int], list[dict]] = {}
     with RunProgress(enabled=show_progress) as progress, TrialPool(jobs, device) as pool:
         first = {(i, j): _first_phase_trials(sspec, method, setting) for i, setting, sspec, j, method in cases}
-        warm = _warm_engines(cases, first)
+        searches = _search_cases(cases, first)
+        warm = _warm_engines(searches)
         try:
-            run_units(pool, [u for i, setting, sspec, j, method in cases if first[i, j]
-                             for u in _units(method, first[i, j], store)], store, progress)
-            for n, (i, setting, sspec, j, method) in enumerate(cases):
-                if method.search is None or method.rho_from:
-                    continue
-                if first[i, j] is not None:  # a local grid/sweep: its rows are in the store; summarize them
-                    kind = search_kind(method)
-                    summaries[i, j] = kind.summaries(method, setting, [store.load_row(t.run_id) for t in first[i, j]])
-                else:
-                    summaries[i, j] = run_search(selection_spec(sspec, method), method, setting, store, device,
-                                                 progress, pool)
+            phase1 = start_units(pool, [u for i, setting, sspec, j, method in cases if first[i, j]
+                                        for u in _units(method, first[i, j], store)], store, progress)
+            for n, (i, setting, sspec, j, method) in enumerate(searches):
+                summaries[i, j] = run_search(selection_spec(sspec, method), method, setting, store, device,
+                                             progress, pool)
                 for cls in [c for c, last in warm.items() if last == n]:  # its last search is done
                     cls.cool_down()
+            if phase1 is not None:
+                phase1.result()
         finally:
             for cls in warm:
                 cls.cool_down()
+        for i, setting, sspec, j, method in cases:  # local grids/sweeps: their rows are in the store
+            if method.search is not None and not method.rho_from and first[i, j] is not None:
+                summaries[i, j] = search_kind(method).summaries(method, setting,
+                                                                [store.load_row(t.run_id) for t in first[i, j]])
         rho_star = {(i, method.label): summaries[i, j][0]["summary"]["rho_star"]
                     for i, setting, sspec, j, method in cases if summaries.get((i, j))}
         evals, later = {}, []

@@ -66,7 +66,7 @@ def run_with_progress(trial: Trial, store, device=None, progress=None, consolida
     """
     if progress is not None:
         progress.start(trial)
-    row = execute_trial(trial, store, device=device, progress=progress.bar if progress is not None else None,
+    row = execute_trial(trial, store, device=device, progress=progress.step_bar if progress is not None else None,
                         on_epoch=on_epoch)
     if progress is not None:
         progress.finish(row)
@@ -104,7 +104,17 @@ class TrialPool:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
                                                  initializer=init_worker, initargs=(self.threads,))
+            # Every worker now, from this thread. Linux sends PR_SET_PDEATHSIG when the *thread* that
+            # started a child ends, and the executor would otherwise start workers lazily from whichever
+            # thread submits first (the experiment's phase-1 thread, which ends before the pool does).
+            for _ in range(self.jobs):
+                self._executor._spawn_process()
         return self._executor
+
+    def start(self) -> None:
+        """Start the worker processes now, from the calling thread (which must outlive the pool: the
+        driver's main thread), before another thread submits to the pool."""
+        self._pool()
 
     def submit(self, trial: Trial, store: ResultsStore, on_epoch=None) -> Future:
         """Start ``trial`` in a worker process (skipped there when stored); the future's result is its row.

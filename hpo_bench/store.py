@@ -43,6 +43,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +56,7 @@ from hpo_bench.storage_url import redact
 LOG = logging.getLogger("hpo_bench")
 QUARANTINE = "quarantine"
 CHECKPOINTS = "checkpoints"
+_CONSOLIDATE_LOCK = threading.Lock()  # see ResultsStore.consolidate
 
 
 def notice(message: str) -> None:
@@ -361,7 +363,14 @@ class ResultsStore:
 
     # -- consolidated tables -------------------------------------------------------------------
     def consolidate(self) -> pd.DataFrame:
-        """Rebuild runs.parquet and curves.parquet from the done runs in trials/ (each run exactly once)."""
+        """Rebuild runs.parquet and curves.parquet from the done runs in trials/ (each run exactly once).
+
+        One driver thread at a time (the experiment consolidates from a search and from its phase-1
+        thread at once), so the files written last hold every run done by then."""
+        with _CONSOLIDATE_LOCK:
+            return self._consolidate()
+
+    def _consolidate(self) -> pd.DataFrame:
         rows, curves = [], []
         for rid in self._row_files():
             row, problem, keys = self._inspect(rid)

@@ -5,7 +5,8 @@ allow (:func:`hpo_bench.population.can_train_together`) they are trained as one 
 (:mod:`hpo_bench.population`, up to :data:`~hpo_bench.population.MAX_POPULATION` members) in one
 worker process instead of one process-run each (a population of 8 trains about 2.5× faster than
 its members one after another, see ``benchmarks/RESULTS.md``). Units run concurrently on the
-pool's workers, in the order given.
+pool's workers, in the order given. :func:`start_units` runs them from a driver thread, so the
+driver can run a search (a Ray Tune search trains in Ray's own processes) at the same time.
 
 Which trials form a unit depends only on the spec and on what the store already holds, never on
 ``--jobs``: a run gives the same rows with any number of workers. A population writes its members
@@ -13,6 +14,7 @@ when it ends, so an interrupted one is trained again, whole, by the re-run.
 """
 from __future__ import annotations
 
+import threading
 from concurrent.futures import FIRST_COMPLETED, wait
 
 from hpo_bench.execute import execute_trial
@@ -57,6 +59,10 @@ def run_units(pool: TrialPool, units: list[list[Trial]], store: ResultsStore, pr
             else:
                 run_batched(unit, store, device=pool.device, progress=progress)
         return
+    _run_on_workers(pool, units, store, progress)
+
+
+def _run_on_workers(pool: TrialPool, units: list[list[Trial]], store: ResultsStore, progress=None) -> None:
     if progress is not None:
         progress.start_batch(sum(len(u) for u in units), min(pool.jobs, len(units)))
     pending = {pool.submit_call(_work_unit, [t.to_dict() for t in u], str(store.root), pool.device) for u in units}
@@ -67,3 +73,41 @@ def run_units(pool: TrialPool, units: list[list[Trial]], store: ResultsStore, pr
                 if progress is not None:
                     progress.finish(row)
         store.consolidate()
+
+
+class UnitsInFlight:
+    """Units running on the pool from a daemon driver thread; :meth:`result` waits and re-raises its error.
+
+    The thread only submits, waits and prints; the units train in the pool's worker processes. When
+    the driver is interrupted, closing the pool (``TrialPool.close(kill=True)``) breaks its futures,
+    so the thread ends on its own; being a daemon, it never holds up the interpreter's exit.
+    """
+
+    def __init__(self, pool: TrialPool, units: list[list[Trial]], store: ResultsStore, progress=None):
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(pool, units, store, progress),
+                                        name="hpo-bench-units", daemon=True)
+        self._thread.start()
+
+    def _run(self, pool, units, store, progress) -> None:
+        try:
+            _run_on_workers(pool, units, store, progress)
+        except BaseException as err:  # handed to the driver by result()
+            self.error = err
+
+    def result(self) -> None:
+        """Wait for every unit; raise what the thread raised (a unit's exception), if anything."""
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def start_units(pool: TrialPool, units: list[list[Trial]], store: ResultsStore, progress=None) -> UnitsInFlight | None:
+    """Run ``units`` like :func:`run_units`, but in the background, on the workers, when the pool has
+    worker processes (``--jobs`` > 1); with one job they run now, in this process, and None is returned."""
+    units = [u for u in units if u]
+    if pool.jobs == 1 or not units:
+        run_units(pool, units, store, progress)
+        return None
+    pool.start()  # workers started by the short-lived thread would die with it (see TrialPool._pool)
+    return UnitsInFlight(pool, units, store, progress)

@@ -5,13 +5,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from hpo_bench import experiment
 from hpo_bench.config import load_spec
+from hpo_bench.engines.ray_engine import RayEngine
 from hpo_bench.experiment import run_experiment
 from hpo_bench.store import ResultsStore
 from tests.conftest import ROOT
@@ -85,6 +88,63 @@ def test_plain_methods_train_their_seeds_as_one_population_unless_told_not_to(tm
     erm = runs[runs["method"] == "ERM"]
     assert erm["batched_group"].isna().all() if "batched_group" in erm else True
     assert (runs.loc[runs["method"] == "LETS-SAM", "batched_group"] == 2).all()
+
+
+OVERLAP_SPEC = """
+name = "overlap"
+seeds = [0, 1]
+report = false
+[data]
+dataset = "mnist1d"
+num_samples = 500
+[model]
+name = "mnist1d_mlp"
+[train]
+epochs = 1
+batch_size = 50
+threads = 1
+[[methods]]
+label = "ERM"
+strategy = "erm"
+batched = false
+[[methods]]
+label = "Grid (Optuna)"
+strategy = "sam"
+[methods.search]
+engine = "optuna"
+grid = [0.02, 0.2]
+[[methods]]
+label = "Grid (Ray Tune)"
+strategy = "sam"
+[methods.search]
+engine = "ray"
+grid = [0.02, 0.2]
+"""
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_searches_run_while_phase_one_trains_ray_tune_searches_first(tmp_path, monkeypatch, jobs):
+    """With worker processes, the driver starts the searches while the plain methods train (phase 1 in a
+    driver thread), the search whose trials train in Ray's processes first; with one job, phase 1 is done
+    before any search starts. (The searches are stand-ins here: this is about the schedule.)"""
+    calls = []
+
+    def search(sspec, method, setting, store, device, progress, pool):
+        phase1 = any(t.name == "hpo-bench-units" for t in threading.enumerate())
+        calls.append((method.label, phase1, len(store.done_ids())))
+        return [{"summary": {"method": method.label, "rho_star": float("nan")}, "anytime": pd.DataFrame()}]
+
+    monkeypatch.setattr(experiment, "run_search", search)
+    monkeypatch.setattr(RayEngine, "warm_up", classmethod(lambda cls, cfg: None))
+    path = tmp_path / "overlap.toml"
+    path.write_text(OVERLAP_SPEC)
+    runs = run_experiment(load_spec(path), ResultsStore(tmp_path / "run"), show_progress=False, jobs=jobs)
+    assert [label for label, _, _ in calls] == ["Grid (Ray Tune)", "Grid (Optuna)"]
+    if jobs == 1:
+        assert [(p, n) for _, p, n in calls] == [(False, 2), (False, 2)]
+    else:
+        assert calls[0][1:] == (True, 0)  # ERM's two runs had not finished when the Ray search began
+    assert sorted(runs["seed"]) == [0, 1] and set(runs["method"]) == {"ERM"}
 
 
 def _children(pid: int) -> list[int]:

@@ -57,6 +57,7 @@ class Engine(ABC):
 
     name: ClassVar[str]
     kinds: ClassVar[tuple[str, ...]] = ("grid", "sweep")
+    trains_on_pool: ClassVar[bool] = True  # False: trials train in the engine's own processes (Ray's workers)
 
     def __init__(self, search_cfg, run_dir, device=None, pool: TrialPool | None = None):
         self.cfg, self.run_dir, self.device = search_cfg, Path(run_dir).resolve(), device

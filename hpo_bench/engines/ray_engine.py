@@ -97,6 +97,7 @@ __all__ = ["CONNECT_TIMEOUT_S", "RayEngine", "check_address", "check_resources",
 class RayEngine(Engine):
     name = "ray"
     kinds = ("grid", "sweep", "tpe", "asha", *POPULATION_KINDS)
+    trains_on_pool = False
 
     def __init__(self, search_cfg, run_dir, device=None, pool=None):
         super().__init__(search_cfg, run_dir, device, pool)
