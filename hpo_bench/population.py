@@ -20,16 +20,15 @@ share no parameter). The forward is compiled from the module tree: ``nn.Linear``
 maps and running statistics stay per member); other BN-free models run through ``vmap``. SAM/ASAM
 perturb all members at once with their hooks' elementwise ops; other strategies' hooks run per
 member on views of the stacked gradients; loss values they read are ``nll_loss`` of the member's
-``log_softmax`` rows, as ``F.cross_entropy`` computes them.
+``log_softmax`` rows, as ``F.cross_entropy`` computes them. On CPU a population pays off by removing
+per-operation overhead (MNIST-1D models); a compute-bound model (``fmnist_cnn``) gains nothing.
 
 Parity (tests/test_population.py; benchmarks/RESULTS.md "Population training"): in float64 every
 member's metrics, status, ledger counts and curves equal its separate run to ≤ 1e-10 (measured
 ≤ 2e-15). In float32 batched matmuls and BN sums over P·C channels round a few last bits unlike
 the single-model kernels: measured ≤ 4e-7 in the final losses after 2–8 epochs (mnist1d_cnn,
 mnist1d_mlp, tiny_bn; ≤ 1.2e-6 with LETS); training the BN CNN amplifies such bits to ~1e-3 after
-4–8 epochs at lr 0.1, as much as its own separate runs differ between 1 and 2 threads.
-
-A member whose training loss turns non-finite, or whose strategy raises ``Diverged``, is recorded
+4–8 epochs at lr 0.1, as much as its own separate runs differ between 1 and 2 threads. A member whose training loss turns non-finite, or whose strategy raises ``Diverged``, is recorded
 ``diverged`` at that step and leaves the population; the others go on. ``max_wall_s`` applies to a
 member's share of the wall time. Cost: each member is charged what its separate run is (grad and
 forward evals as computed); wall and device seconds of the shared pass are split evenly among the
@@ -53,6 +52,7 @@ from hpo_bench.config import TrainConfig
 from hpo_bench.data import to_device_async
 from hpo_bench.execute import execute_trial, result_curves, result_row, trial_data
 from hpo_bench.ledger import Ledger
+from hpo_bench.memory import keep_freed_memory
 from hpo_bench.perturbation import EPS, asam_T, bn_modules
 from hpo_bench.sgd import SGDConfig, sgd_update
 from hpo_bench.strategy import Diverged, Strategy, create_strategy, get_strategy_class
@@ -64,8 +64,8 @@ MAX_POPULATION = 32  # members per vectorized pass in run_batched (larger groups
 EVAL_ROWS = 1000  # evaluation: rows (members × eval batch) per stacked forward; more is slower on CPU
 
 
-class Unsupported(ValueError):
-    """A module the stacked forward cannot run."""
+class Unsupported(ValueError):  # a module the stacked forward cannot run
+    pass
 
 
 # ----------------------------------------------------------------------------- stacked forward
@@ -219,6 +219,7 @@ class Population:
     """P trials trained together (see the module docstring); :meth:`fit` returns [(row, curves)]."""
 
     def __init__(self, trials: list[Trial], device=None):
+        keep_freed_memory()
         t0 = trials[0]
         self.trials, self.cfg = trials, TrainConfig(**t0.train)
         if self.cfg.threads:

@@ -30,6 +30,7 @@ from hpo_bench.checkpoint import Checkpointer
 from hpo_bench.config import TrainConfig
 from hpo_bench.data import DataBundle, to_device_async
 from hpo_bench.ledger import Ledger
+from hpo_bench.memory import keep_freed_memory
 from hpo_bench.models import create_model
 from hpo_bench.perturbation import bn_modules, frozen_bn_stats
 from hpo_bench.seeds import (
@@ -172,6 +173,7 @@ class Trainer:
     def __init__(self, data: DataBundle, model_name: str, train_cfg: TrainConfig, strategy: Strategy, seed: int,
                  device: torch.device | str = "cpu", on_epoch=None, progress=None, max_steps: int = 0,
                  checkpoint: Checkpointer | None = None):
+        keep_freed_memory()
         self.cfg = train_cfg
         self.checkpoint = checkpoint  # writes / resumes mid-run checkpoints (None: neither)
         self.max_steps = max_steps  # > 0: stop (status 'stopped') after this many steps
