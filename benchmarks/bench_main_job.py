@@ -13,7 +13,7 @@ skipped) as a child process and prints, from one run:
   so run the benchmark on an otherwise idle machine: the load average before is printed.
 
 Targets (issue 14): wall ≤ 120 s, CPU ≥ 170 % on 2 cores.
-Usage: ``python benchmarks/bench_main_job.py [--spec experiments/quick.toml] [--jobs N]``.
+Usage: ``python benchmarks/bench_main_job.py [--spec experiments/quick.toml] [--jobs N] [--out DIR]``.
 """
 from __future__ import annotations
 
@@ -40,12 +40,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spec", default=os.path.join(ROOT, "experiments", "quick.toml"))
     ap.add_argument("--jobs", type=int, default=0, help="--jobs of the run (0: its default, the number of cores)")
+    ap.add_argument("--out", default="", help="output root to keep the results in (default: a temporary one); "
+                                              "must not hold this spec's runs yet, or they are skipped")
     args = ap.parse_args(argv)
     cmd = [sys.executable, "-m", "hpo_bench.cli", "run", args.spec, "--no-progress"]
     cmd += ["--jobs", str(args.jobs)] if args.jobs else []
     cores = len(os.sched_getaffinity(0))
     print(f"{' '.join(cmd[2:])}; {cores} cores; load average before {os.getloadavg()[0]:.2f}", flush=True)
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or tmp
         before_tree = resource.getrusage(resource.RUSAGE_CHILDREN)
         busy0, total0 = machine_jiffies()
         t0 = time.perf_counter()

@@ -61,8 +61,8 @@ def run_with_progress(trial: Trial, store, device=None, progress=None, consolida
                       on_epoch=None) -> dict:
     """Run ``trial`` (skipped when stored) under the progress display; return its row.
 
-    ``consolidate`` rebuilds runs.parquet after the trial (sequential runs); parallel workers leave
-    that to their driver. ``on_epoch``: the trainer's hook after each evaluated epoch (a pruner).
+    ``consolidate`` refreshes runs.parquet after the trial (sequential runs:
+    :meth:`~hpo_bench.store.ResultsStore.refresh`); parallel workers leave that to their driver. ``on_epoch``: the trainer's hook after each evaluated epoch (a pruner).
     """
     if progress is not None:
         progress.start(trial)
@@ -71,7 +71,7 @@ def run_with_progress(trial: Trial, store, device=None, progress=None, consolida
     if progress is not None:
         progress.finish(row)
     if consolidate:
-        store.consolidate()
+        store.refresh()
     return row
 
 
@@ -135,6 +135,7 @@ class TrialPool:
         if self.jobs == 1 or len(todo) <= 1:
             for trial in todo:
                 run_with_progress(trial, store, self.device, progress)
+            store.consolidate()
         else:
             self._run_parallel(todo, store, progress)
         return [store.load_row(t.run_id) for t in trials]
@@ -150,4 +151,5 @@ class TrialPool:
                 row = future.result()  # a trial that raised re-raises here, as in a sequential run
                 if progress is not None:
                     progress.finish(row)
-            store.consolidate()
+            store.refresh()
+        store.consolidate()

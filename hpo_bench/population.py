@@ -20,19 +20,20 @@ share no parameter). The forward is compiled from the module tree: ``nn.Linear``
 maps and running statistics stay per member); other BN-free models run through ``vmap``. SAM/ASAM
 perturb all members at once with their hooks' elementwise ops; other strategies' hooks run per
 member on views of the stacked gradients; loss values they read are ``nll_loss`` of the member's
-``log_softmax`` rows, as ``F.cross_entropy`` computes them. On CPU a population pays off by removing
-per-operation overhead (MNIST-1D models); a compute-bound model (``fmnist_cnn``) gains nothing.
+``log_softmax`` rows, as ``F.cross_entropy`` computes them. On CPU a population saves per-operation
+overhead (MNIST-1D models: 2.5× at P = 8); for compute-bound ``fmnist_cnn`` it took 1.09× its runs.
 
 Parity (tests/test_population.py; benchmarks/RESULTS.md "Population training"): in float64 every
-member's metrics, status, ledger counts and curves equal its separate run to ≤ 1e-10 (measured
-≤ 2e-15). In float32 batched matmuls and BN sums over P·C channels round a few last bits unlike
-the single-model kernels: measured ≤ 4e-7 in the final losses after 2–8 epochs (mnist1d_cnn,
-mnist1d_mlp, tiny_bn; ≤ 1.2e-6 with LETS); training the BN CNN amplifies such bits to ~1e-3 after
-4–8 epochs at lr 0.1, as much as its own separate runs differ between 1 and 2 threads. A member whose training loss turns non-finite, or whose strategy raises ``Diverged``, is recorded
-``diverged`` at that step and leaves the population; the others go on. ``max_wall_s`` applies to a
-member's share of the wall time. Cost: each member is charged what its separate run is (grad and
-forward evals as computed); wall and device seconds of the shared pass are split evenly among the
-members alive at each step (Σ_m wall_m = the pass's wall time); rows carry ``batched_group`` = P.
+member's metrics, status, ledger counts and curves equal its separate run to ≤ 1e-10 (measured ≤ 2e-15).
+In float32 batched matmuls and BN sums over P·C channels round a few last bits unlike the single-model
+kernels: measured ≤ 4e-7 in the final losses after 2–8 epochs (mnist1d_cnn, mnist1d_mlp, tiny_bn; ≤
+1.2e-6 with LETS); training the BN CNN amplifies such bits to ~1e-3 after 4–8 epochs at lr 0.1, as much
+as its own separate runs differ between 1 and 2 threads. A member whose training loss turns non-finite,
+or whose strategy raises ``Diverged``, is recorded ``diverged`` at that step and leaves the population;
+the others go on. ``max_wall_s`` applies to a member's share of the wall time. Cost: each member is
+charged what its separate run is (grad and forward evals as computed); wall and device seconds of the
+shared pass are split evenly among the members alive at each step (Σ_m wall_m = the pass's wall time);
+rows carry ``batched_group`` = P.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from hpo_bench import models, seeds, trainer
 from hpo_bench.config import TrainConfig
 from hpo_bench.data import to_device_async
-from hpo_bench.execute import execute_trial, result_curves, result_row, trial_data
+from hpo_bench.execute import result_curves, result_row, trial_data
 from hpo_bench.ledger import Ledger
 from hpo_bench.memory import keep_freed_memory
 from hpo_bench.perturbation import EPS, asam_T, bn_modules
@@ -60,12 +61,12 @@ from hpo_bench.trial import Trial
 from hpo_bench.upper import PROTOCOL_SOURCE
 
 SUPPORTED = ("erm", "sam", "asam", "samar", "lets-sam", "lets-asam")
-MAX_POPULATION = 32  # members per vectorized pass in run_batched (larger groups are split)
+MAX_POPULATION = 32  # members per vectorized pass in units.run_batched (larger groups are split)
 EVAL_ROWS = 1000  # evaluation: rows (members × eval batch) per stacked forward; more is slower on CPU
 
 
-class Unsupported(ValueError):  # a module the stacked forward cannot run
-    pass
+class Unsupported(ValueError):
+    """A module the stacked forward cannot run."""
 
 
 # ----------------------------------------------------------------------------- stacked forward
@@ -137,7 +138,7 @@ def stacked_program(model: nn.Module):
 
 
 # ----------------------------------------------------------------------------- grouping
-def _train_key(t: Trial) -> str:
+def train_key(t: Trial) -> str:
     return json.dumps([t.strategy, t.params, t.data, t.model, t.train], sort_keys=True, default=str)
 
 
@@ -145,7 +146,7 @@ def can_train_together(trials: list[Trial]) -> bool:
     """True if ``trials`` share model, data, train config, strategy and params (differing only in ρ
     and/or seed), the strategy is in :data:`SUPPORTED`, no per-run memory budget or checkpoint is set (they
     cannot be attributed to one member of a shared pass: such runs train one by one) and the population can run the model."""
-    if not trials or trials[0].strategy not in SUPPORTED or len({_train_key(t) for t in trials}) != 1:
+    if not trials or trials[0].strategy not in SUPPORTED or len({train_key(t) for t in trials}) != 1:
         return False
     t0, data = trials[0], trial_data(trials[0])
     if (cfg := TrainConfig(**t0.train)).max_mem_mb or cfg.checkpoint_every:
@@ -473,28 +474,3 @@ class Population:
 def train_population(trials: list[Trial], device=None) -> list[tuple[dict, object]]:
     """Train ``trials`` (see :func:`can_train_together`) as one population; [(row, curves)] in trial order."""
     return Population(trials, device).fit()
-
-
-def run_batched(trials: list[Trial], store, device=None, progress=None) -> list[dict]:
-    """Run the not-yet-stored ``trials``: those that can train together as populations (up to
-    :data:`MAX_POPULATION` members each), the others one by one; return every trial's row in order."""
-    groups: dict[str, list[Trial]] = {}
-    for t in trials:
-        if not store.has(t.run_id):
-            groups.setdefault(_train_key(t), []).append(t)
-    for group in groups.values():
-        for start in range(0, len(group), MAX_POPULATION):
-            chunk = group[start:start + MAX_POPULATION]
-            if len(chunk) > 1 and can_train_together(chunk):
-                for row, curves in train_population(chunk, device):
-                    row["finished_at"] = time.time()
-                    store.write_run(row, curves)
-                    if progress is not None:
-                        progress.finish(row)
-            else:
-                for t in chunk:
-                    row = execute_trial(t, store, device=device)
-                    if progress is not None:
-                        progress.finish(row)
-            store.consolidate()
-    return [store.load_row(t.run_id) for t in trials]

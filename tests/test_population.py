@@ -14,9 +14,10 @@ from hpo_bench.config import validate_spec
 from hpo_bench.execute import execute_trial, run_trial
 from hpo_bench.models import create_model
 from hpo_bench.perturbation import frozen_bn_stats
-from hpo_bench.population import can_train_together, run_batched, stacked_program, train_population
+from hpo_bench.population import can_train_together, stacked_program, train_population
 from hpo_bench.store import ResultsStore
 from hpo_bench.trial import grid_trials, make_trial
+from hpo_bench.units import run_batched
 
 COLS = ["best_val_acc", "test_acc", "last_val_acc", "last_test_acc", "last_train_loss", "last_val_loss", "last_test_loss"]
 EXACT = ["status", "reason", "stop_step", "epochs_done", "best_epoch", "grad_evals", "fwd_evals", "steps"]

@@ -1,4 +1,5 @@
-"""The progress display when batches of runs overlap (phase 1 in a driver thread while a search runs)."""
+"""What a running experiment shows: the progress display when batches of runs overlap (phase 1 in a driver
+thread while a search runs), and how often runs.parquet is rebuilt."""
 from __future__ import annotations
 
 import threading
@@ -57,3 +58,36 @@ def test_finishes_from_two_threads_are_each_counted_once(capsys):
         assert progress.done == progress.batch_done == 200
     counts = sorted(int(line.rsplit("(", 1)[1].split("/")[0]) for line in capsys.readouterr().out.splitlines()[1:])
     assert counts == list(range(1, 201))
+
+
+def test_refresh_rebuilds_runs_parquet_at_most_once_per_interval(tmp_path, monkeypatch):
+    """The loops that finish runs one by one refresh runs.parquet (O(n) per rebuild) at most every
+    REFRESH_S seconds; consolidate() always rebuilds."""
+    import pandas as pd
+
+    from hpo_bench import store as store_mod
+    from hpo_bench.store import ResultsStore
+
+    store = ResultsStore(tmp_path / "run")
+    clock = [100.0]
+    monkeypatch.setattr(store_mod.time, "monotonic", lambda: clock[0])
+
+    def finish(rid: str) -> None:
+        store.write_run({"run_id": rid, "finished_at": clock[0]}, pd.DataFrame({"a": [1]}))
+
+    def stored() -> list[str]:
+        return sorted(pd.read_parquet(store.root / "runs.parquet")["run_id"])
+
+    finish("a")
+    store.refresh()  # never rebuilt here before: rebuilds
+    assert stored() == ["a"]
+    finish("b")
+    clock[0] += store_mod.REFRESH_S / 2
+    store.refresh()  # too soon: runs.parquet lags
+    assert stored() == ["a"]
+    clock[0] += store_mod.REFRESH_S / 2
+    store.refresh()
+    assert stored() == ["a", "b"]
+    finish("c")
+    store.consolidate()  # the end of a batch: always
+    assert stored() == ["a", "b", "c"]

@@ -7,7 +7,7 @@ vectorized pass (:mod:`hpo_bench.population`).
 from __future__ import annotations
 
 from hpo_bench.engines.base import Engine
-from hpo_bench.population import run_batched
+from hpo_bench.units import run_batched
 
 
 class LocalEngine(Engine):
