@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     cmd = [sys.executable, "-m", "hpo_bench.cli", "run", args.spec, "--no-progress"]
     cmd += ["--jobs", str(args.jobs)] if args.jobs else []
     cores = len(os.sched_getaffinity(0))
-    print(f"{' '.join(cmd[2:])}; {cores} cores; load average before {os.getloadavg()[0]:.2f}", flush=True)
+    shown = [os.path.relpath(c, ROOT) if c == args.spec else c for c in cmd[2:]]
+    print(f"{' '.join(shown)}; {cores} cores; load average before {os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or tmp
         before_tree = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -3,11 +3,11 @@
 A plain method's ρ values × seeds share everything but (ρ, seed), so when its strategy and model
 allow (:func:`hpo_bench.population.can_train_together`) they are trained as one population
 (:mod:`hpo_bench.population`, up to :data:`~hpo_bench.population.MAX_POPULATION` members) in one
-worker process instead of one process-run each (:func:`run_batched`; a population of 8 MNIST-1D
-CNNs trains about 2.5× faster than its members one after another, one of 8 Fashion-MNIST CNNs
-1.09× slower: ``benchmarks/RESULTS.md``). Units run concurrently on the
-pool's workers, in the order given. :func:`start_units` runs them from a driver thread, so the
-driver can run a search (a Ray Tune search trains in Ray's own processes) at the same time.
+worker process instead of one process-run each (:func:`run_batched`; a population of 8 MNIST-1D CNNs
+trains about 2.5× faster than its members one after another, one of 8 Fashion-MNIST CNNs 1.09×
+slower: ``benchmarks/RESULTS.md``). Units run concurrently on the pool's workers, in the order
+given. :func:`start_units` runs them from a driver thread, so the driver can run a search (a Ray
+Tune search trains in Ray's own processes) at the same time.
 
 Which trials form a unit depends only on the spec and on what the store already holds, never on
 ``--jobs``: a run gives the same rows with any number of workers. A population writes its members

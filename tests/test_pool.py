@@ -90,36 +90,19 @@ def test_plain_methods_train_their_seeds_as_one_population_unless_told_not_to(tm
     assert (runs.loc[runs["method"] == "LETS-SAM", "batched_group"] == 2).all()
 
 
-OVERLAP_SPEC = """
-name = "overlap"
-seeds = [0, 1]
-report = false
-[data]
-dataset = "mnist1d"
-num_samples = 500
-[model]
-name = "mnist1d_mlp"
-[train]
-epochs = 1
-batch_size = 50
-threads = 1
+OVERLAP_SPEC = SPEC[:SPEC.index("[[methods]]")].replace('"pool"', '"overlap"').format(epochs=1) + """\
 [[methods]]
 label = "ERM"
 strategy = "erm"
 batched = false
+""" + "".join(f"""\
 [[methods]]
-label = "Grid (Optuna)"
+label = "Grid ({name})"
 strategy = "sam"
 [methods.search]
-engine = "optuna"
+engine = "{engine}"
 grid = [0.02, 0.2]
-[[methods]]
-label = "Grid (Ray Tune)"
-strategy = "sam"
-[methods.search]
-engine = "ray"
-grid = [0.02, 0.2]
-"""
+""" for name, engine in (("Optuna", "optuna"), ("Ray Tune", "ray")))
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
