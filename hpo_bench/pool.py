@@ -62,7 +62,8 @@ def run_with_progress(trial: Trial, store, device=None, progress=None, consolida
     """Run ``trial`` (skipped when stored) under the progress display; return its row.
 
     ``consolidate`` refreshes runs.parquet after the trial (sequential runs:
-    :meth:`~hpo_bench.store.ResultsStore.refresh`); parallel workers leave that to their driver. ``on_epoch``: the trainer's hook after each evaluated epoch (a pruner).
+    :meth:`~hpo_bench.store.ResultsStore.refresh`); parallel workers leave that to their driver.
+    ``on_epoch``: the trainer's hook after each evaluated epoch (a pruner).
     """
     if progress is not None:
         progress.start(trial)
@@ -144,12 +145,18 @@ class TrialPool:
         if progress is not None:
             progress.start_batch(len(todo), min(self.jobs, len(todo)))
         pool = self._pool()
-        pending = {pool.submit(_work, t.to_dict(), str(store.root), self.device) for t in todo}
+        self.drain({pool.submit(_work, t.to_dict(), str(store.root), self.device) for t in todo}, store, progress)
+
+    @staticmethod
+    def drain(pending: set[Future], store: ResultsStore, progress=None) -> None:
+        """Wait for ``pending`` (each future's result: a row, or a population's list of rows); print each
+        run's line; refresh runs.parquet as runs finish and rebuild it at the end."""
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                row = future.result()  # a trial that raised re-raises here, as in a sequential run
-                if progress is not None:
-                    progress.finish(row)
+                result = future.result()  # a trial that raised re-raises here, as in a sequential run
+                for row in [result] if isinstance(result, dict) else result:
+                    if progress is not None:
+                        progress.finish(row)
             store.refresh()
         store.consolidate()

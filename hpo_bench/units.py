@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, wait
 
 from hpo_bench.execute import execute_trial
 from hpo_bench.pool import TrialPool, run_with_progress
@@ -94,15 +93,8 @@ def run_units(pool: TrialPool, units: list[list[Trial]], store: ResultsStore, pr
 def _run_on_workers(pool: TrialPool, units: list[list[Trial]], store: ResultsStore, progress=None) -> None:
     if progress is not None:
         progress.start_batch(sum(len(u) for u in units), min(pool.jobs, len(units)))
-    pending = {pool.submit_call(_work_unit, [t.to_dict() for t in u], str(store.root), pool.device) for u in units}
-    while pending:
-        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-        for future in done:
-            for row in future.result():  # a unit that raised re-raises here, as in a sequential run
-                if progress is not None:
-                    progress.finish(row)
-        store.refresh()
-    store.consolidate()
+    pool.drain({pool.submit_call(_work_unit, [t.to_dict() for t in u], str(store.root), pool.device) for u in units},
+               store, progress)
 
 
 class UnitsInFlight:
