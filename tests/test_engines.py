@@ -219,6 +219,37 @@ def test_ray_grid_rerun_runs_only_missing_trials(tmp_path, ray_session):
     assert len([p for p in (store.root / "ray").iterdir() if p.is_dir()]) == 2
 
 
+def test_ray_grid_killed_before_its_experiment_state_starts_afresh(tmp_path, ray_session, monkeypatch):
+    """A kill after Tune wrote tuner.pkl but before any experiment state: the re-run trains every trial.
+
+    Tune never pickles ``param_space``, so restoring such a folder would run one trial with an empty
+    config (the KeyError CI once met in the SIGKILL test); the engine starts the experiment afresh.
+    """
+    from ray import tune
+
+    spec = tiny_spec("ray", grid=(0.02, 0.2), seeds=(0,))
+    cfg = SearchConfig(**spec.methods[0].search)
+    trials = grid_trials(spec, spec.methods[0], {}, "grid/ray")
+    store = ResultsStore(tmp_path / "run")
+
+    class Killed(Exception):
+        pass
+
+    def killed(self):
+        raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(tune.Tuner, "fit", killed)
+        with pytest.raises(Killed):
+            get_engine("ray", cfg, store.root).run_trials(trials, store)
+    (experiment,) = [p for p in (store.root / "ray").iterdir() if p.is_dir()]
+    assert (experiment / "tuner.pkl").exists() and not list(experiment.glob("experiment_state-*.json"))
+    assert tune.Tuner.can_restore(str(experiment))  # what Tune alone would resume
+    rows = get_engine("ray", cfg, store.root).run_trials(trials, store)
+    assert sorted(r["run_id"] for r in rows) == sorted(t.run_id for t in trials)
+    assert all(r["status"] == "ok" for r in rows)
+
+
 def test_ray_grid_reports_every_epoch_in_batches(tmp_path, ray_session, monkeypatch):
     """Buffered reporting loses no epoch; Tune's env knobs are set only during fit()."""
     import json

@@ -10,7 +10,7 @@ Exactly once (grid and ASHA)
     Only trials whose run_id is not in the store are submitted, one Tune trial each, with the
     config ``{"run_id", "method", "rho", "seed"}``. The experiment name is
     ``<method>-<kind>-<hash of the submitted run_ids>``: after a SIGKILL before any trial finished,
-    the same set is pending, ``Tuner.can_restore`` finds the interrupted experiment and
+    the same set is pending, :meth:`RayEngine.resumable` finds the interrupted experiment and
     ``Tuner.restore(path, trainable, resume_errored=True)`` resumes it; once some trials finished,
     the pending set (and so the name) differs and a fresh experiment runs exactly the missing
     trials. Either way a trial whose run_id is already stored returns its stored row without
@@ -135,6 +135,19 @@ class RayEngine(Engine):
         return build_trainable(kind, self._resources(), **kwargs)
 
     @staticmethod
+    def resumable(path: Path) -> bool:
+        """Whether ``path`` holds an interrupted experiment that ``Tuner.restore`` can resume.
+
+        ``Tuner.can_restore`` only looks for ``tuner.pkl``, which Tune writes before the experiment
+        state. A kill between the two leaves a ``tuner.pkl`` without its search space (Tune never
+        pickles ``param_space``), and restoring it would start one trial with an empty config; such
+        an experiment has started nothing worth keeping, so it is started afresh instead.
+        """
+        from ray import tune
+
+        return tune.Tuner.can_restore(str(path)) and any(Path(path).glob("experiment_state-*.json"))
+
+    @staticmethod
     def _restore(path: Path, trainable, lines):
         """``Tuner.restore`` of the interrupted experiment at ``path``, printing its runs' lines too."""
         from ray import tune
@@ -167,7 +180,7 @@ class RayEngine(Engine):
             lines = run_lines(store, progress)
             if progress is not None:
                 progress.start_batch(len(pending), min(self.workers, len(pending)))
-            if tune.Tuner.can_restore(str(path)):
+            if self.resumable(path):
                 tuner = self._restore(path, trainable, lines)
             else:
                 points = {rid: {"method": by_id[rid].method, "rho": by_id[rid].rho, "seed": by_id[rid].seed}
@@ -249,7 +262,7 @@ class RayEngine(Engine):
         lines = run_lines(store, progress)
         if progress is not None:
             progress.start_batch(space.n_trials * len(space.seeds), min(self.workers, space.n_trials))
-        if tune.Tuner.can_restore(str(path)):
+        if self.resumable(path):
             tuner = self._restore(path, trainable, lines)
         else:
             searcher = OptunaSearch(space={"rho": FloatDistribution(space.rho_min, space.rho_max, log=True)},

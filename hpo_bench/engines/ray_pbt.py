@@ -342,7 +342,7 @@ def _run_one(engine, members: list[Trial], space: SearchSpace, store, progress=N
         lines = run_lines(store, progress)
         if progress is not None:
             progress.start_batch(len(pending), min(engine.workers, len(pending)))
-        if tune.Tuner.can_restore(str(path)):
+        if engine.resumable(path):
             tuner = engine._restore(path, trainable, lines)
         else:
             points = {rid: {"rho": t.rho} for rid, t in by_id.items()}
