@@ -19,6 +19,7 @@ import sys
 
 from hpo_bench.errors import SpecError, WriteError
 from hpo_bench.storage_url import redact
+from hpo_bench.workers import default_jobs, start_server
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         _check_out_flag(args)
+        if args.command in ("run", "worker") and (default_jobs() if args.jobs is None else args.jobs) > 1:
+            start_server()  # the workers' fork server imports torch while this process does (hpo_bench.workers)
         return _handler(args.handler)(args)
     except Exception as err:
         if not _interrupted(err):

@@ -13,7 +13,7 @@ from hpo_bench.errors import SpecError
 from hpo_bench.data import DATASETS
 from hpo_bench.experiment import run_experiment, selection_spec
 from hpo_bench.models import list_models, model_doc
-from hpo_bench.pool import TrialPool, default_jobs
+from hpo_bench.pool import TrialPool
 from hpo_bench.preflight import preflight
 from hpo_bench.progress import RunProgress
 from hpo_bench.report import write_report
@@ -21,6 +21,7 @@ from hpo_bench.search import get_search_kind, list_search_kinds, search_kind
 from hpo_bench.store import ResultsStore, check_out_dir, run_dir_for
 from hpo_bench.strategy import get_strategy_class, list_strategies
 from hpo_bench.summary import summary_table
+from hpo_bench.workers import default_jobs
 
 
 def _checked(args):

@@ -1,6 +1,7 @@
 """Independent trials in concurrent worker processes (``hpo-bench run --jobs N``).
 
-Each worker is a fresh process (``spawn``) running one trial at a time through
+Each worker is a process forked from a fork server that has imported torch once
+(:mod:`hpo_bench.workers`), running one trial at a time through
 :func:`hpo_bench.execute.execute_trial` with one torch thread (or ``train.threads``), so a trial
 computes the same bits as in a sequential run with one thread, and writes its row through the
 same :class:`~hpo_bench.store.ResultsStore` (a finished run is its ``trials/<run_id>.json``). The
@@ -9,13 +10,13 @@ and rebuilds ``runs.parquet``.
 
 Workers ignore SIGINT: Ctrl-C reaches the driver, which cancels what has not started and
 terminates the workers (a run in flight is lost and re-run next time; finished runs are kept).
-A worker also gets SIGKILL when its driver dies (Linux ``PR_SET_PDEATHSIG``), so no worker
-outlives a killed driver to race its re-run.
+A worker also gets SIGKILL when its driver dies (the fork server ends with the driver, and the
+worker with the server: Linux ``PR_SET_PDEATHSIG``), so no worker outlives a killed driver to race
+its re-run.
 """
 from __future__ import annotations
 
 import ctypes
-import multiprocessing
 import os
 import signal
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -25,16 +26,9 @@ import torch
 from hpo_bench.execute import execute_trial
 from hpo_bench.store import ResultsStore
 from hpo_bench.trial import Trial
+from hpo_bench.workers import release_driver_pipe, start_server, worker_context
 
 PR_SET_PDEATHSIG = 1
-
-
-def default_jobs() -> int:
-    """Worker processes when ``--jobs`` is not given: the cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def die_with_parent() -> None:
@@ -45,11 +39,17 @@ def die_with_parent() -> None:
         pass
 
 
-def init_worker(threads: int = 1) -> None:
-    """Set up a worker process: SIGINT ignored (the driver stops it), SIGKILL when its parent dies,
-    ``threads`` torch threads (a trial's ``train.threads``, when set, wins)."""
+def init_worker(threads: int = 1, environ: dict | None = None) -> None:
+    """Set up a worker process: SIGINT ignored (the driver stops it), SIGKILL when its parent (the fork
+    server, which ends with the driver) dies,
+    ``threads`` torch threads (a trial's ``train.threads``, when set, wins), and the driver's
+    environment ``environ`` as of the pool's start (the fork server's is older)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
+    release_driver_pipe()
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     torch.set_num_threads(max(1, int(threads)))
 
 
@@ -103,18 +103,18 @@ class TrialPool:
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=init_worker, initargs=(self.threads,))
-            # Every worker now, from this thread. Linux sends PR_SET_PDEATHSIG when the *thread* that
-            # started a child ends, and the executor would otherwise start workers lazily from whichever
-            # thread submits first (the experiment's phase-1 thread, which ends before the pool does).
+            start_server()
+            self._executor = ProcessPoolExecutor(self.jobs, mp_context=worker_context(), initializer=init_worker,
+                                                 initargs=(self.threads, dict(os.environ)))
+            # Every worker now, from this thread, so that the environment and the set of workers are
+            # fixed before another thread (the experiment's phase-1 thread) submits to the pool.
             for _ in range(self.jobs):
                 self._executor._spawn_process()
         return self._executor
 
     def start(self) -> None:
-        """Start the worker processes now, from the calling thread (which must outlive the pool: the
-        driver's main thread), before another thread submits to the pool."""
+        """Start the worker processes now, from the calling thread (the driver's main thread), before
+        another thread submits to the pool."""
         self._pool()
 
     def submit(self, trial: Trial, store: ResultsStore, on_epoch=None) -> Future:

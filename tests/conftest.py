@@ -14,6 +14,37 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 
 
+def descendants(pid: int) -> dict[int, str]:
+    """Every process below ``pid`` (from /proc) with its program name: pool workers (children of the
+    fork server), Ray's and Optuna's own processes included."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = {}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                try:
+                    out[child] = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+                except OSError:
+                    out[child] = "?"
+                todo.append(child)
+    return out
+
+
+def alive(pid: int) -> bool:
+    """True while process ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def synthetic_bundle(n_train=64, n_val=32, n_test=32, dim=6, classes=3, seed=0, dtype=torch.float32) -> DataBundle:
     """A linearly-separable-ish tabular problem, small enough for float64 gradient checks."""
     g = torch.Generator().manual_seed(seed)

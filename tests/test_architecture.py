@@ -3,7 +3,7 @@
 Layers, bottom to top (a module may import its own layer or lower ones; cycles are refused too):
 
 0. leaves: errors, identity, registry, ledger, perturbation, seeds, sgd, progress, storage_url,
-   store, trial, selection, stats (the last three are pure: no torch), loggers, memory
+   store, trial, selection, stats (the last three are pure: no torch), loggers, memory, workers
 1. models, data, the strategy protocol and registry (strategy), the upper objective (upper)
 2. config (the spec, validated against the registries)
 3. trainer, hypergrad, checkpoint (mid-run checkpoints of a trainer)
@@ -30,7 +30,7 @@ MAX_LINES = 500
 
 LAYERS = {
     0: ["errors", "identity", "registry", "ledger", "perturbation", "seeds", "sgd", "progress", "storage_url", "store",
-        "trial", "selection", "fields", "stats", "loggers", "memory"],
+        "trial", "selection", "fields", "stats", "loggers", "memory", "workers"],
     1: ["models", "data", "strategy", "upper"],
     2: ["config"],
     3: ["trainer", "hypergrad", "checkpoint"],

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, alive, descendants
 
 INTERRUPTED = "hpo-bench: interrupted; re-run the same command to resume"
 SPEC = """
@@ -39,34 +39,6 @@ workers = 2
 N_RUNS = 8 + 2  # the grid (4 rho x 2 selection seeds) and its evaluation runs at rho* (2 seeds)
 
 
-def _descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` (from /proc), so Ray's and Optuna's own workers are included."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in out:
-                out.add(child)
-                todo.append(child)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _start(spec: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "hpo_bench.cli", "run", str(spec), "--out", str(out),
@@ -85,16 +57,16 @@ def test_ctrl_c_during_a_search_ends_with_one_line_and_resumes(tmp_path, engine)
         assert proc.poll() is None, proc.communicate()
         assert time.time() < deadline, "no trial finished in time"
         time.sleep(0.2)
-    workers = _descendants(proc.pid)
+    workers = descendants(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole foreground process group
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1] == INTERRUPTED, stderr
     assert "Traceback" not in stderr, stderr
     deadline = time.time() + 30
-    while any(_alive(w) for w in workers) and time.time() < deadline:
+    while any(alive(w) for w in workers) and time.time() < deadline:
         time.sleep(0.2)
-    assert not [w for w in workers if _alive(w)], "a worker outlived its interrupted driver"
+    assert not [w for w in workers if alive(w)], "a worker outlived its interrupted driver"
     done_before = {p.stem for p in out.glob("*/trials/*.json")}
     assert 0 < len(done_before) < N_RUNS
     rerun = _start(spec, out)

@@ -1,7 +1,6 @@
 """Concurrent local execution (``--jobs``): same rows as a sequential run, clean Ctrl-C, exactly-once resume."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from hpo_bench.config import load_spec
 from hpo_bench.engines.ray_engine import RayEngine
 from hpo_bench.experiment import run_experiment
 from hpo_bench.store import ResultsStore
-from tests.conftest import ROOT
+from tests.conftest import ROOT, alive, descendants
 
 SPEC = """
 name = "pool"
@@ -130,20 +129,6 @@ def test_searches_run_while_phase_one_trains_ray_tune_searches_first(tmp_path, m
     assert sorted(runs["seed"]) == [0, 1] and set(runs["method"]) == {"ERM"}
 
 
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in out]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
-
-
 def _start(spec: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "hpo_bench.cli", "run", str(spec), "--out", str(out), "--jobs", "2",
                              "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -165,7 +150,7 @@ def test_interrupted_concurrent_run_stops_its_workers_and_resumes_exactly_once(t
     spec, out = write_spec(tmp_path, epochs=150), tmp_path / "runs"  # runs of a few seconds
     proc = _start(spec, out)
     _wait_for_trials(out, 1, proc)
-    workers = _children(proc.pid)
+    workers = descendants(proc.pid)
     assert workers, "no worker processes"
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
@@ -174,9 +159,9 @@ def test_interrupted_concurrent_run_stops_its_workers_and_resumes_exactly_once(t
         assert stderr.strip().splitlines()[-1] == "hpo-bench: interrupted; re-run the same command to resume"
         assert "Traceback" not in stderr
     deadline = time.time() + 3  # well before a worker could finish the run it is training
-    while any(_alive(w) for w in workers) and time.time() < deadline:
+    while any(alive(w) for w in workers) and time.time() < deadline:
         time.sleep(0.1)
-    assert not any(_alive(w) for w in workers), "a worker outlived its driver"
+    assert not any(alive(w) for w in workers), "a worker outlived its driver"
     done_before = {p.stem for p in out.glob("*/trials/*.json")}
     assert 0 < len(done_before) < N_RUNS
     rerun = _start(spec, out)

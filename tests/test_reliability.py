@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from hpo_bench.cli import main
-from tests.conftest import ROOT
+from tests.conftest import ROOT, alive, descendants
 
 TINY = (ROOT / "experiments" / "tiny.toml").read_text()
 METRICS = ["best_val_acc", "test_acc", "last_val_acc", "last_test_acc", "last_train_loss", "last_val_loss",
@@ -121,35 +121,6 @@ def test_sigkill_ray_sweep_then_rerun_completes_each_run_once(tmp_path):
     kill_and_resume(tmp_path, _search_spec("ray"), expected_runs=6 + 8 + 2, kills=3, seed=3, window=(5.0, 14.0))
 
 
-def _descendants(pid: int) -> dict[int, str]:
-    """Every process below ``pid`` (from /proc) with its name."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = {}, [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in out:
-                try:
-                    out[child] = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-                except OSError:
-                    out[child] = "?"
-                todo.append(child)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")  # idle; Ray lets them outlive a killed raylet a while
 
 
@@ -169,7 +140,7 @@ def test_a_killed_driver_takes_its_workers_with_it(tmp_path, engine):
         assert p.poll() is None, p.stdout.read().decode()
         assert time.time() < deadline, "the search did not start in time"
         time.sleep(0.2)
-    workers = _descendants(p.pid)
+    workers = descendants(p.pid)
     assert workers
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
@@ -177,12 +148,12 @@ def test_a_killed_driver_takes_its_workers_with_it(tmp_path, engine):
         deadline = time.time() + 30
         left = workers
         while time.time() < deadline:
-            left = {w: name for w, name in workers.items() if _alive(w) and not name.startswith(RAY_AGENTS)}
+            left = {w: name for w, name in workers.items() if alive(w) and not name.startswith(RAY_AGENTS)}
             if not left:
                 break
             time.sleep(0.5)
         assert not left, f"outlived their killed driver: {left}"
     finally:
         for w in workers:
-            if _alive(w):
+            if alive(w):
                 os.kill(w, signal.SIGKILL)
