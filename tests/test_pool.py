@@ -169,3 +169,56 @@ def test_interrupted_concurrent_run_stops_its_workers_and_resumes_exactly_once(t
     assert rerun.returncode == 0, err
     runs = pd.read_parquet(next(out.glob("*/runs.parquet")))
     assert len(runs) == N_RUNS and runs["run_id"].is_unique
+
+
+def _worker_view(name: str) -> tuple[str | None, int, int]:
+    """In a pool worker: the environment variable ``name``, and the worker's parent and own pid."""
+    import os
+
+    return os.environ.get(name), os.getppid(), os.getpid()
+
+
+def test_workers_are_forked_from_the_server_with_the_drivers_current_environment(monkeypatch):
+    import os
+
+    from hpo_bench.pool import TrialPool
+    from hpo_bench.workers import start_server
+
+    start_server()  # the server's environment is fixed now; the variable below is set later
+    monkeypatch.setenv("HPO_BENCH_TEST_VARIABLE", "set after the server started")
+    with TrialPool(2) as pool:
+        views = [pool.submit_call(_worker_view, "HPO_BENCH_TEST_VARIABLE").result() for _ in range(4)]
+    assert {v[0] for v in views} == {"set after the server started"}
+    assert all(ppid != os.getpid() for _, ppid, _ in views)  # children of the fork server, not of this process
+    assert len({pid for *_, pid in views}) <= 2
+
+
+BURN = """
+import resource, sys, time
+from hpo_bench.pool import TrialPool
+from hpo_bench.workers import stop_server
+
+def burn(seconds):
+    t = time.process_time()
+    while time.process_time() - t < seconds:
+        pass
+    return time.process_time() - t
+
+if __name__ == "__main__":
+    with TrialPool(2) as pool:
+        done = sum(f.result() for f in [pool.submit_call(burn, 1.0) for _ in range(2)])
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    stop_server()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(done, before.ru_utime + before.ru_stime, after.ru_utime + after.ru_stime)
+"""
+
+
+def test_the_workers_cpu_counts_in_the_drivers_children_once_the_server_is_stopped(tmp_path):
+    """What /usr/bin/time reports: the server waits for its workers, the driver for the server."""
+    script = tmp_path / "burn.py"
+    script.write_text(BURN)
+    out = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    done, before, after = map(float, out.stdout.split())
+    assert done >= 2.0 and before < 1.0 and after >= done
